@@ -1,0 +1,138 @@
+"""Worker configuration: a pure function of an environment mapping, parsed once at start.
+
+In: `os.environ` (or any mapping). Out: a frozen `Settings`. An invalid value raises `ConfigError`
+naming the variable, so a misconfigured endpoint fails at start instead of on the first job.
+Every variable is documented in README.md and RUNPOD_DEPLOYMENT.md (a test checks both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+from .errors import ConfigError
+from .modes import DEFAULT_MODE, MODE_NAMES
+
+T = TypeVar("T")
+
+# DeepSeek-OCR-2's decoder context; image tokens and output share it.
+MODEL_CONTEXT_TOKENS = 8192
+# All files of one job together, inline and downloaded. Inline ones are capped earlier by RunPod
+# itself (/run 10 MB, /runsync 20 MB of JSON); larger documents come by URL.
+DEFAULT_MAX_INPUT_BYTES = 100 * 1024 * 1024
+# A worker result much over ~19 MB fails to upload ("Failed to return job results | 400").
+DEFAULT_MAX_OUTPUT_BYTES = 15 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_path: Path = Path("/models/deepseek-ocr-2")
+    model_name: str = "deepseek-community/DeepSeek-OCR-2"
+    model_revision: str = "unknown"
+    device: str = "auto"
+    warmup: bool = True
+    default_mode: str = DEFAULT_MODE
+    max_tokens: int = MODEL_CONTEXT_TOKENS
+    batch_size: int = 8
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    max_image_pixels: int = 50_000_000
+    max_pages: int = 100
+    pdf_dpi: int = 144
+    max_pdf_dpi: int = 300
+    url_timeout_s: float = 15.0
+    url_max_bytes: int = 50 * 1024 * 1024
+    url_max_redirects: int = 3
+    allow_private_urls: bool = False
+    max_failed_page_ratio: float = 0.0
+    stream_pages: bool = False
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    bucket_endpoint_url: str | None = None
+    bucket_access_key_id: str | None = None
+    bucket_secret_access_key: str | None = None
+    ngram_size: int = 30
+    ngram_window: int = 90
+    runaway_retry: bool = True
+    retry_ngram_size: int = 20
+    retry_ngram_window: int = 50
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        d = cls()
+        s = cls(
+            model_path=Path(_get(env, "MODEL_PATH", str, str(d.model_path))),
+            model_name=_get(env, "MODEL_NAME", str, d.model_name),
+            model_revision=_get(env, "MODEL_REVISION", str, d.model_revision),
+            device=_choice(env, "DEVICE", ("auto", "cuda", "cpu"), d.device),
+            warmup=_get(env, "WARMUP", _bool, d.warmup),
+            default_mode=_choice(env, "DEFAULT_MODE", MODE_NAMES, d.default_mode),
+            max_tokens=_int(env, "MAX_TOKENS", d.max_tokens, 1, MODEL_CONTEXT_TOKENS),
+            batch_size=_int(env, "BATCH_SIZE", d.batch_size, 1, 256),
+            max_input_bytes=_int(env, "MAX_INPUT_BYTES", d.max_input_bytes, 1024, 2**34),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", d.max_image_pixels, 10_000, 2**32),
+            max_pages=_int(env, "MAX_PAGES", d.max_pages, 1, 100_000),
+            pdf_dpi=_int(env, "PDF_DPI", d.pdf_dpi, 36, 1200),
+            max_pdf_dpi=_int(env, "MAX_PDF_DPI", d.max_pdf_dpi, 36, 1200),
+            url_timeout_s=_float(env, "URL_TIMEOUT_S", d.url_timeout_s, 0.1, 600),
+            url_max_bytes=_int(env, "URL_MAX_BYTES", d.url_max_bytes, 1024, 2**36),
+            url_max_redirects=_int(env, "URL_MAX_REDIRECTS", d.url_max_redirects, 0, 20),
+            allow_private_urls=_get(env, "ALLOW_PRIVATE_URLS", _bool, d.allow_private_urls),
+            max_failed_page_ratio=_float(env, "MAX_FAILED_PAGE_RATIO", d.max_failed_page_ratio, 0.0, 1.0),
+            stream_pages=_get(env, "STREAM_PAGES", _bool, d.stream_pages),
+            max_output_bytes=_int(env, "MAX_OUTPUT_BYTES", d.max_output_bytes, 1024, 2**36),
+            bucket_endpoint_url=env.get("BUCKET_ENDPOINT_URL") or None,
+            bucket_access_key_id=env.get("BUCKET_ACCESS_KEY_ID") or None,
+            bucket_secret_access_key=env.get("BUCKET_SECRET_ACCESS_KEY") or None,
+            ngram_size=_int(env, "NGRAM_SIZE", d.ngram_size, 0, 1000),
+            ngram_window=_int(env, "NGRAM_WINDOW", d.ngram_window, 1, 100_000),
+            runaway_retry=_get(env, "RUNAWAY_RETRY", _bool, d.runaway_retry),
+            retry_ngram_size=_int(env, "RETRY_NGRAM_SIZE", d.retry_ngram_size, 1, 1000),
+            retry_ngram_window=_int(env, "RETRY_NGRAM_WINDOW", d.retry_ngram_window, 1, 100_000),
+        )
+        if s.pdf_dpi > s.max_pdf_dpi:
+            raise ConfigError(f"PDF_DPI ({s.pdf_dpi}) must not exceed MAX_PDF_DPI ({s.max_pdf_dpi})")
+        if s.ngram_size and s.ngram_window < s.ngram_size:
+            raise ConfigError(f"NGRAM_WINDOW ({s.ngram_window}) must be at least NGRAM_SIZE ({s.ngram_size})")
+        if s.bucket_endpoint_url and not (s.bucket_access_key_id and s.bucket_secret_access_key):
+            raise ConfigError("BUCKET_ENDPOINT_URL is set but BUCKET_ACCESS_KEY_ID/BUCKET_SECRET_ACCESS_KEY are not")
+        return s
+
+
+def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    value = _get(env, name, int, default)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    value = _get(env, name, float, default)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = _get(env, name, str, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
