@@ -51,6 +51,22 @@ def make_pdf(images: list[Image.Image], dpi: int = 72) -> bytes:
     return buffer.getvalue()
 
 
+def zero_page_pdf() -> bytes:
+    """A well-formed PDF whose page tree is empty (/Count 0), written byte by byte."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
 def encrypt_pdf(data: bytes, password: str) -> bytes:
     from pypdf import PdfReader, PdfWriter
 

@@ -79,6 +79,7 @@ def _request(url: str, *, field: str, settings: Settings, deadline: float, max_b
         path += "?" + parts.query
     try:
         conn.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
+        sock = conn.sock  # http.client drops conn.sock once the response owns the connection
         response = conn.getresponse()
         headers = {k.lower(): v for k, v in response.getheaders()}
         if response.status in REDIRECT_CODES or response.status >= 400:
@@ -88,7 +89,7 @@ def _request(url: str, *, field: str, settings: Settings, deadline: float, max_b
             raise UrlTooLarge(f"Content-Length {length} is over the limit of {max_bytes} bytes", field=field)
         chunks, total = [], 0
         while True:
-            conn.sock.settimeout(_remaining(deadline, field))
+            sock.settimeout(_remaining(deadline, field))
             chunk = response.read1(CHUNK_BYTES) if hasattr(response, "read1") else response.read(CHUNK_BYTES)
             if not chunk:
                 break

@@ -25,15 +25,16 @@ def open_pdf(data: bytes, *, password: str | None, field: str = "pdf") -> Iterat
     try:
         document = pdfium.PdfDocument(data, password=password)
     except pdfium.PdfiumError as exc:
-        if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD:
+        # PDFium's last-error value is process state: a document it refuses without setting one
+        # (an empty page tree) reports whatever the previous failure was. So a password error is
+        # believed only for a file that declares encryption, and nothing else is reported as cause.
+        if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD and b"/Encrypt" in data:
             if password is None:
                 raise PdfPasswordRequired("the PDF is encrypted; send its password in 'pdf_password'",
                                           field=field) from None
             raise PdfPasswordIncorrect("the password does not open this PDF", field="pdf_password") from None
-        raise InvalidPdf(f"could not be opened as a PDF ({exc})", field=field) from None
+        raise InvalidPdf("could not be opened: the PDF is damaged, empty or has no pages", field=field) from None
     try:
-        if len(document) == 0:
-            raise InvalidPdf("has no pages", field=field)
         yield document
     finally:
         document.close()

@@ -45,7 +45,10 @@ class _ByteBudget:
     def spend(self, n: int, field: str) -> None:
         self.used += n
         if self.used > self.limit:
-            raise PayloadTooLarge(f"the job's files exceed MAX_INPUT_BYTES ({self.limit} bytes)", field=field)
+            raise self.exceeded(field)
+
+    def exceeded(self, field: str) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the job's files exceed MAX_INPUT_BYTES ({self.limit} bytes)", field=field)
 
 
 def iter_pages(request: OcrRequest, settings: Settings) -> Iterator[DecodedPage]:
@@ -68,10 +71,17 @@ def iter_pages(request: OcrRequest, settings: Settings) -> Iterator[DecodedPage]
 
 def load_bytes(ref: SourceRef, settings: Settings, budget: _ByteBudget) -> bytes:
     if ref.is_url:
-        data = fetch_url(ref.value, field=ref.field, settings=settings,
-                         max_bytes=min(settings.url_max_bytes, max(budget.left, 0))).data
+        fetched = fetch_url(ref.value, field=ref.field, settings=settings,
+                            max_bytes=min(settings.url_max_bytes, max(budget.left, 0)))
+        data = fetched.data
+        if sniff_kind(data) is None:  # the bytes decide, but the server's claim makes a better message
+            raise UnsupportedContent(f"the URL returned {fetched.content_type or 'unlabelled data'}, which is "
+                                     "not a supported image or PDF", field=ref.field)
     else:
-        data = decode_base64(ref.value, field=ref.field, max_bytes=max(budget.left, 0))
+        try:
+            data = decode_base64(ref.value, field=ref.field, max_bytes=max(budget.left, 0))
+        except PayloadTooLarge:
+            raise budget.exceeded(ref.field) from None
     budget.spend(len(data), ref.field)
     return data
 
