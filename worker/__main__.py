@@ -25,10 +25,12 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("worker")
     from .errors import ConfigError
+    from .manifest import read_manifest
     from .settings import Settings
 
     try:
         settings = Settings.from_env(os.environ)
+        baked = read_manifest(settings.model_path)
         started = time.perf_counter()
         from .engine import Engine
 
@@ -49,8 +51,8 @@ def main() -> int:
     from .results import ModelMeta
 
     info = engine.info
-    meta = ModelMeta(name=settings.model_name, revision=settings.model_revision, device=info.device,
-                     dtype=info.dtype)
+    name, revision = baked or (settings.model_name, settings.model_revision)
+    meta = ModelMeta(name=name, revision=revision, device=info.device, dtype=info.dtype)
     handler = Handler(Pipeline(engine, settings, meta), settings)
     streaming = settings.stream_pages and not is_local_test_run(sys.argv, os.environ)
     runpod.serverless.start({"handler": handler.stream if streaming else handler,

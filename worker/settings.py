@@ -44,7 +44,7 @@ class Settings:
     url_max_bytes: int = 50 * 1024 * 1024
     url_max_redirects: int = 3
     allow_private_urls: bool = False
-    max_failed_page_ratio: float = 0.0
+    max_failed_page_ratio: float = 0.1
     stream_pages: bool = False
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     bucket_endpoint_url: str | None = None
