@@ -102,7 +102,17 @@ class HttpClient:
 def _output_or_raise(body: dict) -> Any:
     if body.get("status") != "COMPLETED":
         raise JobFailed(body.get("error") or f"job ended {body.get('status')}")
-    return body["output"]
+    return raise_for_error(body["output"])
+
+
+def raise_for_error(output: Any) -> Any:
+    """A streaming worker's failure is its last item, `{"error": ...}`; RunPod marks such a job
+    FAILED, but runpod's local API reports it COMPLETED with the error inside the output list."""
+    items = output if isinstance(output, list) else [output]
+    for item in items:
+        if isinstance(item, dict) and "error" in item:
+            raise JobFailed(item["error"])
+    return output
 
 
 def sdk_examples(job_input: dict, api_key: str | None, endpoint_id: str, base_url: str | None) -> None:
@@ -121,13 +131,13 @@ def sdk_examples(job_input: dict, api_key: str | None, endpoint_id: str, base_ur
         http = HttpClient(base_url or f"{CLOUD_BASE}/{endpoint_id}", api_key, local=bool(base_url))
         job_id = http.run(job_input)
         raise JobFailed(http.wait(job_id).get("error", "unknown error"))
-    show("SDK run_sync", output)
+    show("SDK run_sync", raise_for_error(output))
 
     if not base_url:  # the local API answers the SDK's GET status/stream with 405
         job = endpoint.run(job_input)
         while job.status() not in TERMINAL:
             time.sleep(2)
-        show("SDK run + status", job.output())
+        show("SDK run + status", raise_for_error(job.output()))
         for item in endpoint.run(job_input).stream():
             show("SDK stream item", item)
 

@@ -13,6 +13,17 @@ READER_DIR = FIXTURES / "tiny-reader"
 sys.path.insert(0, str(FIXTURES))
 
 
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` where one is lent)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     from make_tiny_checkpoint import make_tiny_checkpoint

@@ -174,3 +174,31 @@ def test_oversized_output_is_uploaded_to_s3_compatible_storage(tiny_engine, tiny
         assert len(json.dumps(full, ensure_ascii=False).encode()) == out["output_bytes"]
     finally:
         moto.stop()
+
+
+def test_a_page_the_model_fails_on_is_isolated_from_its_batch(tiny_engine, tiny_checkpoint, monkeypatch):
+    """A model failure (say a CUDA device-side assert) on one page must not take its batch-mates
+    down. The failure is injected into transformers' generate for batches holding an all-red page."""
+    import torch
+
+    tolerant = make_handler(tiny_engine, tiny_checkpoint, MAX_FAILED_PAGE_RATIO="0.5", BATCH_SIZE="4")
+    real_generate = tiny_engine.model.generate
+    calls = []
+
+    def generate(*args, **kwargs):
+        pixels = kwargs["pixel_values"]
+        red = (pixels[:, 0].mean(dim=(1, 2)) > 0.99) & (pixels[:, 1].mean(dim=(1, 2)) < -0.99)
+        calls.append(pixels.shape[0])
+        if bool(red.any()):
+            raise RuntimeError("CUDA error: device-side assert triggered (injected)")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_engine.model, "generate", generate)
+    pages = [Image.new("RGB", (400, 400), c) for c in ("white", "red", "black")]
+    out = run(tolerant, images=[b64(encode(p, "PNG")) for p in pages], mode="tiny", task="ocr")
+    assert "error" not in out, out
+    assert [p["finish_reason"] != "failed" for p in out["pages"]] == [True, False, True]
+    assert out["pages"][1]["failure"]["code"] == "model_error" and out["failed_pages"] == 1
+    assert calls == [3, 1, 1, 1]
+    single = run(tolerant, image=b64(encode(pages[1], "PNG")), mode="tiny")
+    assert single["error_detail"]["code"] == "model_error"

@@ -101,3 +101,44 @@ def test_broken_weights_fail_at_load(tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         Engine.load(Settings(model_path=broken))
     assert "could not be loaded" in str(excinfo.value)
+
+
+def test_preprocessing_failure_is_a_model_error(tiny_engine):
+    from worker.errors import ModelError
+
+    bad = PageInput(image=Image.new("RGB", (300, 300), "white"), prompt="no image token here",
+                    view=MODES["tiny"].view, max_tokens=2, guard=OFF)
+    with pytest.raises(ModelError) as excinfo:
+        tiny_engine.generate([bad])
+    assert excinfo.value.code == "model_error"
+    assert tiny_engine.generate([page(Image.new("RGB", (300, 300), "white"), "tiny", 2)])[0].completion_tokens
+
+
+def test_out_of_memory_batch_is_split_in_halves(tiny_engine, monkeypatch):
+    """A CUDA OOM cannot happen on this CPU: transformers' generate is made to raise it for batches
+    over two pages, and the engine must finish the batch in halves with the same tokens."""
+    import torch
+
+    from worker.errors import OutOfMemory
+
+    pages = [page(Image.new("RGB", (400, 400), c), "tiny", 4) for c in ("white", "black", "red", "blue", "green")]
+    expected = [g.token_ids for g in tiny_engine.generate(pages)]
+    real_generate = tiny_engine.model.generate
+    sizes = []
+
+    def generate_with_limited_memory(*args, **kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_engine.model, "generate", generate_with_limited_memory)
+    assert [g.token_ids for g in tiny_engine.generate(pages)] == expected
+    assert sizes == [5, 2, 3, 1, 2]
+
+    def always_oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(tiny_engine.model, "generate", always_oom)
+    with pytest.raises(OutOfMemory):
+        tiny_engine.generate(pages[:1])

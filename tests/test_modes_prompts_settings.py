@@ -63,3 +63,12 @@ def test_invalid_setting_names_the_variable(env, name):
     with pytest.raises(ConfigError) as excinfo:
         Settings.from_env(env)
     assert name in str(excinfo.value)
+
+
+def test_streaming_handler_only_when_serving():
+    from worker.__main__ import is_local_test_run
+
+    assert is_local_test_run(["worker"], {}) is True
+    assert is_local_test_run(["worker", "--test_input", "{}"], {"RUNPOD_WEBHOOK_GET_JOB": "x"}) is True
+    assert is_local_test_run(["worker", "--rp_serve_api"], {}) is False
+    assert is_local_test_run(["worker"], {"RUNPOD_WEBHOOK_GET_JOB": "https://api/job-take/$ID"}) is False

@@ -15,8 +15,8 @@ from dataclasses import replace
 from typing import Callable, Iterator
 
 from .engine import Engine
-from .errors import TooManyFailedPages, WorkerError, error_detail
-from .pages import PageInput
+from .errors import ModelError, TooManyFailedPages, WorkerError, error_detail
+from .pages import Generation, PageInput
 from .results import DocumentResult, Issue, ModelMeta, PageResult, PageTimings, build_document_result, \
     build_page_result
 from .schema import GuardConfig, OcrRequest
@@ -56,26 +56,47 @@ class Pipeline:
         runnable = [p for p in batch if p.image is not None]
         inputs = [PageInput(image=p.image, prompt=request.prompt, view=request.mode.view,
                             max_tokens=request.max_tokens, guard=request.guard) for p in runnable]
-        generations = self.engine.generate(inputs) if inputs else []
+        generations = self._generate_isolating(inputs, job_id)
         retried = [False] * len(generations)
         retry_guard = self._retry_guard(request.guard)
-        runaway = [i for i, g in enumerate(generations) if g.finish_reason == "length"]
+        runaway = [i for i, g in enumerate(generations) if isinstance(g, Generation) and g.finish_reason == "length"]
         if runaway and retry_guard is not None:
             log.info("job %s: retrying %d runaway page(s) with n-gram guard %d/%d", job_id, len(runaway),
                      retry_guard.ngram_size, retry_guard.window)
-            again = self.engine.generate([replace(inputs[i], guard=retry_guard) for i in runaway])
+            again = self._generate_isolating([replace(inputs[i], guard=retry_guard) for i in runaway], job_id)
             for i, generation in zip(runaway, again):
-                generations[i], retried[i] = generation, True
+                if isinstance(generation, Generation):  # a retry that fails keeps the first answer
+                    generations[i], retried[i] = generation, True
         by_page = {p.number: (g, r) for p, g, r in zip(runnable, generations, retried)}
         results = []
         for page in batch:
-            if page.image is None:
-                results.append(_failed_page(page, request))
+            generation, was_retried = by_page.get(page.number, (page.failure, False))
+            if not isinstance(generation, Generation):
+                results.append(_failed_page(page, generation, request))
                 continue
-            generation, was_retried = by_page[page.number]
             results.append(build_page_result(page=page.number, source=page.source, image=page.image,
                                              generation=generation, request=request,
                                              decode_s=page.decode_s, retried=was_retried))
+        return results
+
+    def _generate_isolating(self, inputs: list[PageInput], job_id: str) -> list[Generation | ModelError]:
+        """One engine call for the batch; if it fails, each page alone, so one page the model cannot
+        handle is flagged instead of failing every page it was batched with."""
+        if not inputs:
+            return []
+        try:
+            return list(self.engine.generate(inputs))
+        except ModelError as exc:
+            if len(inputs) == 1:
+                return [exc]
+            log.warning("job %s: batch of %d failed (%s); running its pages one by one", job_id, len(inputs),
+                        exc.describe())
+        results: list[Generation | ModelError] = []
+        for page in inputs:
+            try:
+                results.append(self.engine.generate([page])[0])
+            except ModelError as exc:
+                results.append(exc)
         return results
 
     def _retry_guard(self, guard: GuardConfig) -> GuardConfig | None:
@@ -105,8 +126,8 @@ def check_failures(pages: list[PageResult], max_ratio: float) -> None:
         f"{first.page} ({first.source}) {first.failure.code}: {first.failure.message}")
 
 
-def _failed_page(page: DecodedPage, request: OcrRequest) -> PageResult:
-    detail = error_detail(page.failure)
+def _failed_page(page: DecodedPage, failure: BaseException, request: OcrRequest) -> PageResult:
+    detail = error_detail(failure)
     return PageResult(page=page.number, source=page.source, finish_reason="failed",
                       failure=Issue(**detail), timings=PageTimings(decode_s=round(page.decode_s, 4)),
                       **{request.output_key: ""})

@@ -256,8 +256,8 @@ def crop_figures(image: Image.Image, blocks: tuple[Block, ...], page: int) -> tu
             continue
         k += 1
         for box in block.boxes[:1]:
-            crop = image.crop((int(box.x1), int(box.y1), max(int(box.x1) + 1, round(box.x2)),
-                               max(int(box.y1) + 1, round(box.y2))))
+            left, top = min(round(box.x1), image.width - 1), min(round(box.y1), image.height - 1)
+            crop = image.crop((left, top, max(left + 1, round(box.x2)), max(top + 1, round(box.y2))))
             figures.append(Figure(name=figure_name(page, k), block_index=block.index, box=box,
                                   png_base64=png_base64(crop)))
     return tuple(figures)

@@ -1,0 +1,60 @@
+"""GPU checks: run with `pytest -m gpu` where a CUDA GPU is lent; skipped elsewhere (conftest)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from tests.helpers import text_page
+from worker.engine import Engine
+from worker.modes import MODES
+from worker.pages import PageInput
+from worker.schema import GuardConfig
+from worker.settings import Settings
+
+pytestmark = pytest.mark.gpu
+
+
+def test_bf16_on_cuda_and_batch_matches_single(tiny_checkpoint):
+    engine = Engine.load(Settings(model_path=tiny_checkpoint, device="cuda"))
+    assert engine.info.dtype == "bfloat16" and engine.info.device.startswith("cuda")
+    pages = [PageInput(image=im, prompt="<image>\nFree OCR.", view=MODES["gundam"].view, max_tokens=8,
+                       guard=GuardConfig(3, 20))
+             for im in (text_page(["gpu"], size=(1240, 1754)), Image.new("RGB", (800, 600), "black"))]
+    batched = engine.generate(pages)
+    assert [b.vision_tokens for b in batched] == [1121, MODES["gundam"].view.vision_tokens(batched[1].tiles)]
+    single = [engine.generate([p])[0] for p in pages]
+    assert [b.token_ids for b in batched] == [s.token_ids for s in single]
+
+
+def test_full_size_random_weights_fit_and_report_memory(tmp_path):
+    """The real architecture at full size (random weights): load, one gundam page, peak memory."""
+    import torch
+    from tiny_model import build_processor, build_tokenizer, save_checkpoint
+    from transformers import DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
+
+    tokenizer = build_tokenizer()
+    config = DeepseekOcr2Config(
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        text_config={"vocab_size": 129280, "hidden_size": 1280, "intermediate_size": 6848,
+                     "moe_intermediate_size": 896, "num_hidden_layers": 12, "num_attention_heads": 10,
+                     "num_key_value_heads": 10, "n_routed_experts": 64, "n_shared_experts": 2,
+                     "num_experts_per_tok": 6, "mlp_layer_types": ["dense"] + ["sparse"] * 11,
+                     "max_position_embeddings": 8192, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"encoder_config": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                                          "num_attention_heads": 14, "num_key_value_heads": 2}})
+    with torch.device("cuda"):
+        model = DeepseekOcr2ForConditionalGeneration(config).to(torch.bfloat16)
+    save_checkpoint(model, build_processor(tokenizer), tmp_path / "full")
+    del model
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    engine = Engine.load(Settings(model_path=tmp_path / "full", device="cuda"))
+    page = PageInput(image=text_page(["full size"], size=(1240, 1754)), prompt="<image>\nFree OCR.",
+                     view=MODES["gundam"].view, max_tokens=16, guard=GuardConfig(0, 1))
+    result = engine.generate([page] * 8)[0]
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(f"full-size random DeepSeek-OCR-2, 8 gundam pages x 16 tokens: peak {peak:.1f} GiB, "
+          f"generate {result.generate_s:.2f}s")
+    assert result.vision_tokens == 1121 and peak < 40
