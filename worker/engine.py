@@ -68,10 +68,8 @@ class WindowedNoRepeatNGram(LogitsProcessor):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    path: str
     device: str
     dtype: str
-    context_tokens: int
 
 
 class Engine:
@@ -116,8 +114,7 @@ class Engine:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(path=str(getattr(self.model, "name_or_path", "")), device=str(self.device),
-                         dtype=str(self.dtype).removeprefix("torch."), context_tokens=self.context_tokens)
+        return ModelInfo(device=str(self.device), dtype=str(self.dtype).removeprefix("torch."))
 
     def warmup(self) -> Generation:
         """One tiny inference before the first job: CUDA kernels and allocator are initialised at
