@@ -58,7 +58,9 @@ def main() -> None:
             from make_tiny_checkpoint import make_tiny_checkpoint
 
             model = make_tiny_checkpoint(Path(tmp) / "tiny")
+        started = time.perf_counter()
         engine = Engine.load(Settings(model_path=model, device=args.device))
+        load_s = time.perf_counter() - started
         engine.warmup()
         inputs = [PageInput(image=im, prompt="<image>\nFree OCR.", view=MODES[args.mode].view,
                             max_tokens=args.tokens, guard=GuardConfig(0, 1)) for im in make_pages(args.pages)]
@@ -81,11 +83,11 @@ def main() -> None:
             times["batched"].append(batched())
         best = {k: min(v) for k, v in times.items()}
         info = engine.info
-        print(f"model {model} on {info.device} ({info.dtype}), mode {args.mode}, {args.pages} pages x "
-              f"{args.tokens} tokens, batch {args.batch}")
+        print(f"model {model} on {info.device} ({info.dtype}), loaded in {load_s:.2f}s; mode {args.mode}, "
+              f"{args.pages} A4 pages x {args.tokens} tokens, batch {args.batch}")
         for arm in ("single", "batched"):
-            print(f"{arm:8s} {args.pages / best[arm]:7.2f} pages/s  (best of {len(times[arm])}: "
-                  f"{best[arm]:.2f}s; all {[round(t, 2) for t in times[arm]]})")
+            print(f"{arm:8s} {args.pages / best[arm]:7.2f} pages/s, {1000 * best[arm] / args.pages:7.0f} ms/page  "
+                  f"(best of {len(times[arm])}: {best[arm]:.2f}s; all {[round(t, 2) for t in times[arm]]})")
         print(f"ratio batched/single: {best['single'] / best['batched']:.2f}x")
 
 

@@ -58,6 +58,7 @@ def test_settings_defaults_and_parsing():
     ({"NGRAM_SIZE": "40", "NGRAM_WINDOW": "30"}, "NGRAM_WINDOW"),
     ({"BUCKET_ENDPOINT_URL": "http://x/b"}, "BUCKET_ENDPOINT_URL"),
     ({"MAX_FAILED_PAGE_RATIO": "2"}, "MAX_FAILED_PAGE_RATIO"),
+    ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
 ])
 def test_invalid_setting_names_the_variable(env, name):
     with pytest.raises(ConfigError) as excinfo:

@@ -29,7 +29,6 @@ def setting_names() -> set[str]:
     source = (ROOT / "worker" / "settings.py").read_text()
     names = set(re.findall(r'_(?:get|int|float|choice)\(env, "([A-Z_]+)"', source))
     names |= set(re.findall(r'env\.get\("([A-Z_]+)"\)', source))
-    names |= set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', (ROOT / "worker" / "__main__.py").read_text()))
     return names
 
 

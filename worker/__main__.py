@@ -21,15 +21,14 @@ def is_local_test_run(argv: Sequence[str], env: Mapping[str, str]) -> bool:
 
 
 def main() -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("worker")
     from .errors import ConfigError
     from .manifest import read_manifest
     from .settings import Settings
 
+    log = logging.getLogger("worker")
     try:
         settings = Settings.from_env(os.environ)
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         baked = read_manifest(settings.model_path)
         started = time.perf_counter()
         from .engine import Engine

@@ -55,6 +55,7 @@ class Settings:
     runaway_retry: bool = True
     retry_ngram_size: int = 20
     retry_ngram_window: int = 50
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -88,6 +89,7 @@ class Settings:
             runaway_retry=_get(env, "RUNAWAY_RETRY", _bool, d.runaway_retry),
             retry_ngram_size=_int(env, "RETRY_NGRAM_SIZE", d.retry_ngram_size, 1, 1000),
             retry_ngram_window=_int(env, "RETRY_NGRAM_WINDOW", d.retry_ngram_window, 1, 100_000),
+            log_level=_choice(env, "LOG_LEVEL", ("debug", "info", "warning", "error"), d.log_level.lower()).upper(),
         )
         if s.pdf_dpi > s.max_pdf_dpi:
             raise ConfigError(f"PDF_DPI ({s.pdf_dpi}) must not exceed MAX_PDF_DPI ({s.max_pdf_dpi})")
