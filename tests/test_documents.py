@@ -179,7 +179,6 @@ def test_oversized_output_is_uploaded_to_s3_compatible_storage(tiny_engine, tiny
 def test_a_page_the_model_fails_on_is_isolated_from_its_batch(tiny_engine, tiny_checkpoint, monkeypatch):
     """A model failure (say a CUDA device-side assert) on one page must not take its batch-mates
     down. The failure is injected into transformers' generate for batches holding an all-red page."""
-    import torch
 
     tolerant = make_handler(tiny_engine, tiny_checkpoint, MAX_FAILED_PAGE_RATIO="0.5", BATCH_SIZE="4")
     real_generate = tiny_engine.model.generate

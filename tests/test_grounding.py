@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from worker.grounding import NormBox, parse_grounding, render_markdown, strip_grounding
+from worker.grounding import NormBox, parse_grounding, render_markdown
 from worker.results import to_blocks
 
 MARKDOWN_OUTPUT = (
@@ -48,7 +48,7 @@ def test_ocr_lines_shape_keeps_the_line_in_the_label():
     out = "<|ref|>Hello world<|/ref|><|det|>[[10, 10, 200, 40]]<|/det|>\n<|ref|>Second<|/ref|><|det|>[[10, 50, 90, 80]]<|/det|>"
     g = parse_grounding(out)
     assert [(b.label, b.content) for b in g.blocks] == [("Hello world", ""), ("Second", "")]
-    assert strip_grounding(out) == "Hello world\n\nSecond"
+    assert render_markdown(g, figure_name=None) == "Hello world\n\nSecond"
 
 
 def test_clamps_out_of_range_and_orders_inverted_boxes():

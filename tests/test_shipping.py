@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, LocalApi, b64, encode, make_pdf, text_page, worker_env
+from tests.helpers import ROOT, LocalApi, encode, make_pdf, text_page, worker_env
 from worker.schema import parse_job_input
 from worker.settings import Settings
 

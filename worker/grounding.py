@@ -21,6 +21,12 @@ COORD_MAX = 999
 LOOSE_LABEL = "text"
 FIGURE_LABEL = "image"
 PAGE_SEPARATOR = "\n\n<--- Page Split --->\n\n"
+# Labels DeepSeek-OCR uses for layout blocks; any other label on a grounded block with no content is
+# the text itself ("OCR this image." puts each line in its ref).
+KNOWN_LAYOUT_LABELS = frozenset({
+    "text", "title", "sub_title", "image", "image_caption", "table", "table_caption", "equation",
+    "figure", "figure_caption", "header", "footer", "page_number", "list", "code", "reference",
+})
 
 _ANY_TAG = re.compile(r"<\|/?(?:ref|det|grounding)\|>")
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
@@ -113,11 +119,6 @@ def _strip_partial_tag(text: str) -> str:
     return _PARTIAL_TAG.sub("", text).rstrip()
 
 
-def strip_grounding(text: str) -> str:
-    """Model output without any grounding markup: the refs' contents joined as markdown."""
-    return render_markdown(parse_grounding(text), figure_name=None)
-
-
 def render_markdown(grounding: Grounding, figure_name) -> str:
     """Clean markdown: blocks in order, `image` blocks as links to their crops (named by
     `figure_name(k)`, k counted from 1) or dropped when `figure_name` is None; tables stay HTML,
@@ -136,8 +137,3 @@ def render_markdown(grounding: Grounding, figure_name) -> str:
             parts.append(block.label)
     return "\n\n".join(parts)
 
-
-KNOWN_LAYOUT_LABELS = frozenset({
-    "text", "title", "sub_title", "image", "image_caption", "table", "table_caption", "equation",
-    "figure", "figure_caption", "header", "footer", "page_number", "list", "code", "reference",
-})
