@@ -123,3 +123,22 @@ def test_sniffing_ignores_names():
     assert sniff_kind(b"%PDF-1.4") == "pdf"
     assert sniff_kind(b"RIFF0000WAVE") is None
     assert sniff_kind(b"<html>") is None
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a size in its header and has no pixel data: enough for Image.open."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_pillow_decompression_bomb_guard_gives_image_too_large():
+    """400 million pixels trips Pillow's own guard inside Image.open, before the worker's check."""
+    with pytest.raises(ImageTooLarge) as excinfo:
+        decode_image(_png_header_only(20_000, 20_000), field="image", max_pixels=10**12)
+    assert "decompression-bomb" in excinfo.value.message and excinfo.value.code == "image_too_large"
