@@ -113,7 +113,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "RGBa"):
         canvas = Image.new("RGB", image.size, BACKGROUND)
-        canvas.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        rgba = image.convert("RGBA")
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
     return image.convert("RGB")
 

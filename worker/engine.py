@@ -57,7 +57,9 @@ class WindowedNoRepeatNGram(LogitsProcessor):
         matches = (grams[:, :, :-1] == prefix.unsqueeze(1)).all(-1)  # (batch, windows)
         banned = grams[:, :, -1]
         if self.exempt.numel():
-            matches &= ~torch.isin(banned, self.exempt.to(banned.device))
+            if self.exempt.device != banned.device:  # once per generate call, not once per token
+                self.exempt = self.exempt.to(banned.device)
+            matches &= ~torch.isin(banned, self.exempt)
         vocab = scores.shape[1]
         # Unmatched entries go to a spare column, so duplicate ids cannot overwrite a True.
         target = torch.where(matches, banned, torch.full_like(banned, vocab))

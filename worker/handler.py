@@ -13,8 +13,7 @@ import time
 from typing import Any, Iterator
 
 from .errors import WorkerError, error_output
-from .pipeline import Pipeline, check_failures
-from .results import build_document_result
+from .pipeline import Pipeline
 from .schema import parse_job_input
 from .settings import Settings
 from .storage import fit_output
@@ -45,9 +44,7 @@ class Handler:
             for page in self.pipeline.iter_page_results(request, job_id):
                 pages.append(page)
                 yield fit_output(page.to_output(), job_id=job_id, settings=self.settings, name=f"page-{page.page}")
-            check_failures(pages, self.settings.max_failed_page_ratio)
-            closing = build_document_result(pages, request=request, model=self.pipeline.model,
-                                            total_s=time.perf_counter() - started, include_pages=False)
+            closing = self.pipeline.finish_document(pages, request, started, include_pages=False)
             yield fit_output(closing.to_output(), job_id=job_id, settings=self.settings)
         except Exception as exc:  # yielded, not raised: a raise would lose the error code
             yield _failure(exc, job_id)

@@ -35,10 +35,14 @@ class Pipeline:
 
     def run_document(self, request: OcrRequest, job_id: str = "") -> DocumentResult:
         started = time.perf_counter()
-        pages = list(self.iter_page_results(request, job_id))
+        return self.finish_document(list(self.iter_page_results(request, job_id)), request, started)
+
+    def finish_document(self, pages: list[PageResult], request: OcrRequest, started: float,
+                        include_pages: bool = True) -> DocumentResult:
+        """The document over its page results, or the job's error when too many pages failed."""
         check_failures(pages, self.settings.max_failed_page_ratio)
         return build_document_result(pages, request=request, model=self.model,
-                                     total_s=time.perf_counter() - started)
+                                     total_s=time.perf_counter() - started, include_pages=include_pages)
 
     def iter_page_results(self, request: OcrRequest, job_id: str = "") -> Iterator[PageResult]:
         """Page results in order, a batch at a time. Job-level errors raise from here."""

@@ -34,8 +34,8 @@ class _JobInput(BaseModel):
     pages: str | None = None
     dpi: int | None = None
     pdf_password: str | None = None
-    mode: Literal["tiny", "small", "base", "large", "gundam"] | None = None
-    task: Literal["ocr", "markdown", "layout", "ocr_lines", "describe", "figure", "locate", "custom"] | None = None
+    mode: Literal[MODE_NAMES] | None = None  # type: ignore[valid-type] - the names live in modes.py
+    task: Literal[TASKS] | None = None  # type: ignore[valid-type] - the names live in prompts.py
     query: str | None = Field(default=None, min_length=1, max_length=MAX_QUERY_CHARS)
     prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
     format: Literal["text", "markdown"] | None = None
@@ -213,6 +213,3 @@ def _to_invalid_input(exc: ValidationError) -> InvalidInput:
         return InvalidInput(first["msg"].replace("Input should be", "must be one of"), field=field)
     return InvalidInput(first["msg"], field=field)
 
-
-__all__ = ["OcrRequest", "SourceRef", "GuardConfig", "parse_job_input", "parse_page_selection", "TASKS",
-           "MODE_NAMES"]
