@@ -35,7 +35,7 @@ def test_fast_views_equal_the_processor(processor, size, mode):
     view = MODES[mode].view
     expected = processor([page.image.convert("RGB")], return_tensors="pt", **view.processor_kwargs())
     assert torch.equal(trainer.global_view(page.image, view.view_size), expected["pixel_values"][0])
-    tiles = trainer.local_tiles(page.image) if view.crop else []
+    tiles = trainer.local_tiles(page.image, view)
     assert len(tiles) == int(expected["num_local_patches"][0])
     if tiles:
         assert torch.equal(torch.stack(tiles), expected["pixel_values_local"])
@@ -59,7 +59,8 @@ def test_cell_labels_sit_on_the_ink(size):
     for seed in range(3):
         page = _page(size, seed)
         views = [(trainer.global_view(page.image, 1024), trainer.global_cell_labels(page, 1024, 5))]
-        views += list(zip(trainer.local_tiles(page.image), trainer.tile_cell_labels(page, 5)))
+        tiled = MODES["gundam"].view
+        views += list(zip(trainer.local_tiles(page.image, tiled), trainer.tile_cell_labels(page, 5, tiled)))
         assert any(_ink_cells(v).any() for v, _ in views)
         for view, labels in views:
             ink, labelled = _ink_cells(view), labels == 5
@@ -83,7 +84,8 @@ def test_batch_labels_the_word_and_eos_and_expands_the_image_tokens():
     pages = [_page((1200, 900), 1), _page((500, 400), 2)]
     batch = trainer.make_batch(pages, "tiled", tokenizer, words)
     model_inputs = batch["model"]
-    assert model_inputs["num_local_patches"] == [len(trainer.local_tiles(p.image)) for p in pages]
+    tiled = MODES["gundam"].view
+    assert model_inputs["num_local_patches"] == [len(trainer.local_tiles(p.image, tiled)) for p in pages]
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     for row, tiles in zip(model_inputs["input_ids"], model_inputs["num_local_patches"]):
         assert int((row == image_id).sum()) == 256 + 144 * tiles + 1
