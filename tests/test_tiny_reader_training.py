@@ -101,9 +101,10 @@ def test_script_writes_a_checkpoint_the_worker_loads(tmp_path):
     from worker.settings import Settings
 
     out = tmp_path / "reader"
-    cfg = trainer.train(out, steps=2)
+    cfg = trainer.train(out, steps=2, vision_steps=1)
     recorded = json.loads((out / "training.json").read_text())
     assert recorded["seed"] == trainer.SETTINGS["seed"] and recorded["steps"] == 2
+    assert recorded["vision_steps"] == 1 and recorded["init"] == "fan_in"
     assert recorded["model"] == trainer.SETTINGS["model"] and cfg["train_seconds"] > 0
     assert (out / "words.txt").read_text().split() == trainer.load_words()
 
@@ -117,3 +118,72 @@ def test_script_writes_a_checkpoint_the_worker_loads(tmp_path):
     [generation] = engine.generate([PageInput(image=page, prompt=trainer.PROMPT, view=MODES["tiny"].view,
                                               max_tokens=2, guard=GuardConfig(0, 1))])
     assert 1 <= generation.completion_tokens <= 2 and generation.vision_tokens == 145
+
+
+def _model_and_batch(pages=None):
+    words = trainer.load_words()
+    tokenizer = build_tokenizer(words)
+    torch.manual_seed(0)
+    model = trainer.build_model(trainer.SETTINGS, tokenizer)
+    pages = pages or [_page((600, 500), 1), _page((1200, 900), 2)]
+    return model, trainer.make_batch(pages, "768", tokenizer, words), words
+
+
+def _answer_attention(model, batch):
+    """Each decoder layer's attention from the position that predicts the word, over the tokens before it."""
+    model.config._attn_implementation = "eager"  # attention weights are returned by eager only
+    with torch.no_grad():
+        out = model.eval()(**batch["model"], output_attentions=True)
+    return [layer[:, :, -3, :-2] for layer in out.attentions]
+
+
+def test_fan_in_init_scales_weights_and_starts_decoder_attention_uniform():
+    model, batch, _ = _model_and_batch()
+    default = _answer_attention(model, batch)
+    trainer.fan_in_init(model)
+    params = dict(model.named_parameters())
+    for name in ("model.vision_tower.sam_encoder.patch_embed.projection.weight",  # conv, fan-in 3*16*16
+                 "model.vision_tower.vision_encoder.layers.0.mlp.up_proj.weight",
+                 "model.language_model.layers.1.mlp.experts.gate_up_proj"):  # (experts, out, in)
+        weight = params[name]
+        fan_in = weight.shape[-1] if weight.dim() == 3 else weight[0].numel()
+        assert abs(weight.std().item() * fan_in ** 0.5 - 1) < 0.15, name
+    assert abs(params["model.vision_tower.query_768_resolution.weight"].std().item() - 1) < 0.1
+
+    def uniform(attention):
+        return torch.allclose(attention, torch.full_like(attention, 1 / attention.shape[-1]), atol=1e-6)
+
+    # Every decoder layer starts as a plain mean over the page's tokens; the default init does not.
+    assert all(uniform(layer) for layer in _answer_attention(model, batch))
+    assert not any(uniform(layer) for layer in default)
+
+
+def test_head_learns_at_the_multiplied_rate_and_every_parameter_is_in_one_group():
+    model, _, words = _model_and_batch()
+    aux = trainer.DeepSupervision(model, len(words))
+    cfg = dict(trainer.SETTINGS, lr=1e-3, head_lr_multiplier=10)
+    rest, head = trainer.parameter_groups(model, aux, cfg)
+    assert rest["lr"] == 1e-3 and head["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in head["params"]} == {id(model.lm_head.weight),
+                                               id(model.model.language_model.norm.weight)}
+    grouped = [id(p) for p in rest["params"] + head["params"]]
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == {id(p) for p in list(model.parameters()) + aux.parameters()}
+
+
+def test_vision_only_step_trains_the_vision_tower_and_leaves_the_decoder_alone():
+    model, batch, words = _model_and_batch()
+    aux = trainer.DeepSupervision(model, len(words))
+    lm, aux_loss = trainer.losses(model, aux, batch, vision_only=True)
+    (lm + aux_loss).backward()
+    assert lm.item() == 0 and aux_loss.item() > 0
+    tower = model.model.vision_tower
+    assert tower.sam_encoder.patch_embed.projection.weight.grad.abs().sum() > 0
+    assert tower.query_768_resolution.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.model.language_model.parameters())
+    assert model.lm_head.weight.grad is None
+    # The full step reaches the decoder.
+    model.zero_grad(set_to_none=True)
+    lm, aux_loss = trainer.losses(model, aux, batch)
+    (lm + aux_loss).backward()
+    assert lm.item() > 0 and model.lm_head.weight.grad.abs().sum() > 0
