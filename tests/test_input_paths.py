@@ -155,3 +155,55 @@ def test_local_api_runsync_and_stream_reproduce_the_pages(tiny_checkpoint, singl
         assert bad["stream"][-1]["output"]["error"].startswith("invalid_pdf: field 'pdf'")
     finally:
         api.stop()
+
+
+def _exif_rotated_jpeg(image: Image.Image) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 CCW to display": pixels stored turned clockwise
+    return encode(image.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=92, exif=exif.tobytes())
+
+
+LOSSY = {
+    "jpeg": lambda im: encode(im, "JPEG", quality=90),
+    "jpeg_greyscale": lambda im: encode(im.convert("L"), "JPEG", quality=90),
+    "jpeg_exif_rotated": _exif_rotated_jpeg,
+    "cmyk_jpeg": lambda im: encode(im.convert("CMYK"), "JPEG", quality=90),
+    "webp_lossy": lambda im: encode(im, "WEBP", quality=80),
+}
+
+
+@pytest.mark.parametrize("path", list(LOSSY))
+def test_lossy_encodings_reproduce_the_text_of_their_decoded_pixels(handler, path):
+    """A lossy file cannot match the PNG's text, but it must match the text of its own pixels as a
+    standard decode shows them (upright, RGB), and those pixels must still look like the page: together
+    the worker got the page, the right way round, in the right colours."""
+    data = LOSSY[path](page())
+    stored = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    decoded = stored.convert("RGB")
+    # The page as the file's colour space holds it (the greyscale JPEG has no colour to match).
+    original = np.asarray(page().convert(stored.mode).convert("RGB"), dtype=np.int16)
+    assert decoded.size == page().size
+    assert np.abs(np.asarray(decoded, dtype=np.int16) - original).mean() < 3
+    expected = text_of(handler, image=b64(encode(decoded, "PNG")))
+    assert text_of(handler, image=b64(data)) == expected
+    assert text_of(handler, image=b64(encode(ImageOps.mirror(decoded), "PNG"))) != expected
+
+
+@pytest.mark.parametrize("mode", ["tiny", "small", "base", "large", "gundam"])
+def test_every_mode_sees_an_exif_rotated_large_page_upright(handler, mode):
+    """A page over 768 px gets local tiles in large/gundam: orientation must be fixed before tiling."""
+    big = page(2, size=(1600, 1000))
+
+    def text(image):
+        out = handler({"id": "modes", "input": {**JOB, "mode": mode, "image": image}})
+        assert "error" not in out, out
+        [result] = out["pages"]
+        assert result["settings"]["mode"] == mode
+        return result["text"], result["settings"]["tiles"], result["settings"]["vision_tokens"]
+
+    upright, tiles, tokens = text(b64(encode(big, "PNG")))
+    assert text(b64(_exif_rotated_png(big))) == (upright, tiles, tokens)
+    assert text(b64(encode(ImageOps.flip(big), "PNG")))[0] != upright
+    # 1600x1000 gets a 3x2 grid of 768 tiles in the tiled modes: 1024 global (256) + 6 * 144 + separator.
+    assert (tiles, tokens) == {"tiny": (0, 145), "small": (0, 145), "base": (0, 257),
+                               "large": (6, 1121), "gundam": (6, 1121)}[mode]
