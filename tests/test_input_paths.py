@@ -47,10 +47,14 @@ def handler(tiny_engine, settings):
                                                               dtype="float32")), settings)
 
 
-def text_of(handler, **source) -> list[str]:
+def pages_of(handler, **source) -> list[dict]:
     out = handler({"id": "paths", "input": {**JOB, **source}})
     assert "error" not in out, out
-    return [p["text"] for p in out["pages"]]
+    return out["pages"]
+
+
+def text_of(handler, **source) -> list[str]:
+    return [p["text"] for p in pages_of(handler, **source)]
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +201,7 @@ def test_every_mode_sees_an_exif_rotated_large_page_upright(handler, mode):
     big = page(2, size=(1600, 1000))
 
     def text(image):
-        out = handler({"id": "modes", "input": {**JOB, "mode": mode, "image": image}})
-        assert "error" not in out, out
-        [result] = out["pages"]
+        [result] = pages_of(handler, mode=mode, image=image)
         assert result["settings"]["mode"] == mode
         return result["text"], result["settings"]["tiles"], result["settings"]["vision_tokens"]
 

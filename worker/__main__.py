@@ -40,8 +40,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"worker cannot start: {exc}", file=sys.stderr)
         return 2
+    info = engine.info
     log.info("model loaded from %s in %.2fs (%s, %s), warm-up %.2fs", settings.model_path, loaded - started,
-             engine.info.device, engine.info.dtype, time.perf_counter() - loaded)
+             info.device, info.dtype, time.perf_counter() - loaded)
 
     import runpod
 
@@ -49,7 +50,6 @@ def main() -> int:
     from .pipeline import Pipeline
     from .results import ModelMeta
 
-    info = engine.info
     name, revision = baked or (settings.model_name, settings.model_revision)
     meta = ModelMeta(name=name, revision=revision, device=info.device, dtype=info.dtype)
     handler = Handler(Pipeline(engine, settings, meta), settings)
