@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from worker.engine import WindowedNoRepeatNGram
-from worker.modes import MODES
-from worker.pages import PageInput
-from worker.schema import GuardConfig
+from tests.engine_helpers import generate_one, page
+from worker.engine.api import GuardConfig
+from worker.engine.hf import WindowedNoRepeatNGram
 
 VOCAB = 20
 
@@ -55,9 +54,10 @@ def test_prompt_tokens_are_not_part_of_the_window():
 
 
 def _generate(engine, guard: GuardConfig, max_tokens=48):
-    page = PageInput(image=Image.new("RGB", (300, 300), "white"), prompt="<image>\nFree OCR.",
-                     view=MODES["tiny"].view, max_tokens=max_tokens, guard=guard)
-    return engine.generate([page])[0]
+    from dataclasses import replace
+
+    return generate_one(engine, replace(page(Image.new("RGB", (300, 300), "white"), "tiny", max_tokens),
+                                        guard=guard))
 
 
 def _has_repeat_within(ids, n, window):

@@ -15,11 +15,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from tests.helpers import FileServer, LocalApi, b64, encode, make_pdf, send_bytes
-from worker.handler import Handler
-from worker.modes import MODES
-from worker.pipeline import Pipeline
-from worker.results import ModelMeta
-from worker.settings import Settings
+from tests.engine_helpers import V2_MODES as MODES
+from tests.engine_helpers import handle, make_service
 
 JOB = {"mode": "tiny", "task": "ocr", "ngram_size": 0}
 COLOURS = [(220, 30, 30), (30, 140, 40), (30, 60, 220), (240, 180, 0)]
@@ -36,19 +33,13 @@ def page(k: int = 0, size=(640, 480)) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def settings(tiny_checkpoint):
-    return Settings.from_env({"MODEL_PATH": str(tiny_checkpoint), "MAX_TOKENS": "8", "RUNAWAY_RETRY": "false",
-                              "BATCH_SIZE": "4", "ALLOW_PRIVATE_URLS": "true"})
-
-
-@pytest.fixture(scope="module")
-def handler(tiny_engine, settings):
-    return Handler(Pipeline(tiny_engine, settings, ModelMeta(name="tiny", revision="t", device="cpu",
-                                                              dtype="float32")), settings)
+def handler(tiny_engine, tiny_checkpoint):
+    return make_service(tiny_engine, tiny_checkpoint, MAX_TOKENS="8", RUNAWAY_RETRY="false",
+                        ALLOW_PRIVATE_URLS="true")
 
 
 def pages_of(handler, **source) -> list[dict]:
-    out = handler({"id": "paths", "input": {**JOB, **source}})
+    out = handle(handler, {**JOB, **source}, "paths")
     assert "error" not in out, out
     return out["pages"]
 
@@ -143,8 +134,9 @@ def test_pdf_pages_in_order_by_base64_url_and_selection(handler, pdf_singles):
         server.close()
 
 
+@pytest.mark.process
 def test_local_api_runsync_and_stream_reproduce_the_pages(tiny_checkpoint, singles, pdf_singles):
-    api = LocalApi(tiny_checkpoint, MAX_TOKENS="8", RUNAWAY_RETRY="false", BATCH_SIZE="2", STREAM_PAGES="true")
+    api = LocalApi(tiny_checkpoint, MAX_TOKENS="8", RUNAWAY_RETRY="false", STREAM_PAGES="true")
     try:
         body = api.post("/runsync", {"input": {**JOB, "image": b64(encode(page(1), "PNG"))}})
         assert body["status"] == "COMPLETED" and body["output"][0]["text"] == singles[1]

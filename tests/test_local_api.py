@@ -6,6 +6,8 @@ import pytest
 
 from tests.helpers import LocalApi, b64, encode, text_page
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def api(tiny_checkpoint):
@@ -24,9 +26,12 @@ def test_runsync_completes_with_text(api):
     assert body["status"] == "COMPLETED", body
     out = body["output"]
     assert isinstance(out["text"], str) and out["pages"][0]["settings"]["vision_tokens"] == 145
-    assert out["usage"]["completion_tokens"] >= 1 and out["finish_reason"] in ("stop", "length")
-    assert set(out["pages"][0]["timings"]) >= {"decode_s", "preprocess_s", "generate_s"}
-    assert out["model"]["dtype"] == "float32"
+    page = out["pages"][0]
+    assert out["usage"]["completion_tokens"] == page["usage"]["completion_tokens"] >= 1
+    assert out["finish_reason"] == page["finish_reason"]
+    assert out["finish_reason"] == ("length" if page["usage"]["completion_tokens"] == 8 else "stop")
+    assert set(page["timings"]) >= {"decode_s", "queue_s", "preprocess_s", "generate_s", "batch_size", "batch_jobs"}
+    assert out["model"] == {**out["model"], "dtype": "float32", "family": "deepseek-ocr-2", "engine": "transformers"}
 
 
 def test_run_then_status(api):
@@ -46,5 +51,13 @@ def test_bad_job_fails_with_code_then_next_job_runs(api):
 
 
 def test_legacy_payload_of_the_old_handler(api):
-    body = api.post("/runsync", {"input": {"image": _job()["input"]["image"], "mode": "tiny", "format": "text"}})
-    assert body["status"] == "COMPLETED" and isinstance(body["output"]["text"], str)
+    """The old DeepSeek-OCR handler's payload: format text -> the Free OCR prompt, text out;
+    format markdown -> the grounding prompt, markdown out; a bare prompt -> that prompt."""
+    image = _job()["input"]["image"]
+    text = api.post("/runsync", {"input": {"image": image, "mode": "tiny", "format": "text"}})["output"]
+    assert text["task"] == "ocr" and text["settings"]["prompt"] == "<image>\nFree OCR."
+    assert isinstance(text["text"], str) and "markdown" not in text
+    md = api.post("/runsync", {"input": {"image": image, "mode": "tiny", "format": "markdown"}})["output"]
+    assert md["task"] == "markdown" and "<|grounding|>" in md["settings"]["prompt"] and "text" not in md
+    custom = api.post("/runsync", {"input": {"image": image, "mode": "tiny", "prompt": "Extract all text"}})["output"]
+    assert custom["task"] == "custom" and custom["settings"]["prompt"] == "<image>\nExtract all text"

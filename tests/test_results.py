@@ -9,10 +9,13 @@ import io
 import numpy as np
 from PIL import Image
 
-from worker.pages import Generation
+from worker.engine.api import Generation
+from worker.families import FAMILIES, V2
 from worker.results import build_page_result
 from worker.schema import parse_job_input
 from worker.settings import Settings
+
+MODES = FAMILIES[V2].mode_table("transformers")
 
 LAYOUT = ("<|ref|>title<|/ref|><|det|>[[100, 50, 900, 100]]<|/det|>\n# Report\n\n"
           "<|ref|>image<|/ref|><|det|>[[0, 499, 499, 999]]<|/det|>\n\n"
@@ -21,7 +24,8 @@ LAYOUT = ("<|ref|>title<|/ref|><|det|>[[100, 50, 900, 100]]<|/det|>\n# Report\n\
 
 def generation(raw: str, finish="stop") -> Generation:
     return Generation(raw_text=raw, token_ids=(1, 2), finish_reason=finish, prompt_tokens=270, vision_tokens=257,
-                      completion_tokens=2, tiles=0, max_tokens=100, batch_size=1, preprocess_s=0.1, generate_s=0.2)
+                      completion_tokens=2, tiles=0, max_tokens=100, batch_size=3, batch_jobs=2, queue_s=0.05,
+                      preprocess_s=0.1, generate_s=0.2)
 
 
 def page_image() -> Image.Image:
@@ -32,9 +36,9 @@ def page_image() -> Image.Image:
 
 
 def build(raw: str, **job):
-    request = parse_job_input({"image": "aGk=", **job}, Settings())
+    request = parse_job_input({"image": "aGk=", **job}, Settings(), MODES)
     return build_page_result(page=1, source="image", image=page_image(), generation=generation(raw),
-                             request=request, decode_s=0.01, retried=False)
+                             request=request, decode_s=0.01, retry_s=None)
 
 
 def decode_png(data: str) -> Image.Image:
@@ -94,9 +98,23 @@ def test_plain_tasks_return_text_untouched():
 
 
 def test_runaway_page_carries_a_warning():
-    request = parse_job_input({"image": "aGk=", "task": "ocr"}, Settings())
+    request = parse_job_input({"image": "aGk=", "task": "ocr"}, Settings(), MODES)
     page = build_page_result(page=1, source="image", image=page_image(), generation=generation("a a a", "length"),
-                             request=request, decode_s=0.0, retried=True)
-    assert page.finish_reason == "length" and page.retried
+                             request=request, decode_s=0.0, retry_s=0.7)
+    assert page.finish_reason == "length" and page.retried and page.timings.retry_generate_s == 0.7
     assert page.warnings[0].code == "runaway_generation" and "retried" in page.warnings[0].message
     assert "error" not in page.to_output()
+
+
+def test_page_timings_report_the_batch_it_shared():
+    page = build("plain", task="ocr")
+    assert (page.timings.batch_size, page.timings.batch_jobs, page.timings.queue_s) == (3, 2, 0.05)
+    assert page.timings.retry_generate_s == 0.0 and not page.retried
+
+
+def test_mended_grounding_is_a_page_warning_and_keeps_the_content():
+    """Real DeepSeek-OCR output (corpus file 04): an equation ref with no close and no box."""
+    page = build("<|ref|>equation\n\\[ \\frac{L - 3x}{6} \\]\n", task="markdown")
+    assert "\\frac{L - 3x}{6}" in page.markdown
+    assert [w.code for w in page.warnings] == ["malformed_grounding"]
+    assert build(LAYOUT, task="markdown").warnings == ()

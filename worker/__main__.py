@@ -1,15 +1,17 @@
-"""`python -m worker`: parse settings, load the model, warm it up, then hand over to
-`runpod.serverless.start`, so runpod's own flags (`--test_input`, `--rp_serve_api`, ...) work as
-documented. The local one-shot test mode of runpod does not run generator handlers, so the
-streaming handler is used only when serving (the local API or RunPod's queue) with STREAM_PAGES.
+"""`python -m worker`: settings, model family, engine, warm-up, then `runpod.serverless.start`, so
+runpod's own flags (`--test_input`, `--rp_serve_api`, ...) work as documented. runpod's one-job local
+mode does not run generator handlers, so the streaming handler is used only when serving (the local
+API or RunPod's queue) with STREAM_PAGES.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import json
 import logging
 import os
 import sys
-import time
 from typing import Mapping, Sequence
 
 
@@ -22,41 +24,55 @@ def is_local_test_run(argv: Sequence[str], env: Mapping[str, str]) -> bool:
 
 def main() -> int:
     from .errors import ConfigError
-    from .manifest import read_manifest
     from .settings import Settings
 
-    log = logging.getLogger("worker")
     try:
         settings = Settings.from_env(os.environ)
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        baked = read_manifest(settings.model_path)
-        started = time.perf_counter()
-        from .engine import Engine
+        from .service import OcrService
 
-        engine = Engine.load(settings)
-        loaded = time.perf_counter()
-        if settings.warmup:
-            engine.warmup()
+        service = asyncio.run(OcrService.start(settings))
     except ConfigError as exc:
         print(f"worker cannot start: {exc}", file=sys.stderr)
         return 2
-    info = engine.info
-    log.info("model loaded from %s in %.2fs (%s, %s), warm-up %.2fs", settings.model_path, loaded - started,
-             info.device, info.dtype, time.perf_counter() - loaded)
 
     import runpod
 
     from .handler import Handler
-    from .pipeline import Pipeline
-    from .results import ModelMeta
 
-    name, revision = baked or (settings.model_name, settings.model_revision)
-    meta = ModelMeta(name=name, revision=revision, device=info.device, dtype=info.dtype)
-    handler = Handler(Pipeline(engine, settings, meta), settings)
-    streaming = settings.stream_pages and not is_local_test_run(sys.argv, os.environ)
-    runpod.serverless.start({"handler": handler.stream if streaming else handler,
+    # runpod's local modes exit the process when done: stop the engine's threads cleanly first.
+    atexit.register(lambda: asyncio.run(service.close()))
+
+    handler = Handler(service)
+    local = is_local_test_run(sys.argv, os.environ)
+    streaming = settings.stream_pages and not local
+    runpod.serverless.start({"handler": handler.stream if streaming else LocalJob(handler, settings) if local else handler,
+                             "concurrency_modifier": handler.concurrency,
                              "return_aggregate_stream": True})
     return 0
+
+
+class LocalJob:
+    """runpod's one-job local mode: the handler, plus the result printed once as readable JSON (and
+    written to RESULT_FILE), with the model that produced it named first. runpod itself prints the
+    result only as a Python dict at its DEBUG level."""
+
+    def __init__(self, handler, settings):
+        self.handler = handler
+        self.settings = settings
+
+    async def __call__(self, job: dict) -> dict:
+        output = await self.handler(job)
+        model = self.handler.service.meta
+        print(f"model: {model.name} (revision {model.revision}, {model.family} on {model.engine}, "
+              f"{model.device}/{model.dtype})", file=sys.stderr)
+        text = json.dumps(output, indent=2, ensure_ascii=False)
+        print(text)
+        if self.settings.result_file is not None:
+            self.settings.result_file.parent.mkdir(parents=True, exist_ok=True)
+            self.settings.result_file.write_text(text + "\n", encoding="utf-8")
+            print(f"result written to {self.settings.result_file}", file=sys.stderr)
+        return output
 
 
 if __name__ == "__main__":

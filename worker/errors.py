@@ -12,17 +12,27 @@ from __future__ import annotations
 from typing import Any
 
 
+# Errors echo what the caller sent (a field name, a page range); an unknown field with a 1 MB name
+# must not come back as a 1 MB error string, nor fill the logs.
+MAX_ECHO_CHARS = 200
+MAX_MESSAGE_CHARS = 2000
+
+
+def bounded(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class WorkerError(Exception):
     """Base of every error with a stable code. `field` names the input field at fault, if any."""
 
     code = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None):
+        message = bounded(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.field = field
-        if code is not None:  # re-raising a page's recorded error keeps its code
-            self.code = code
+        self.field = bounded(field) if field is not None else None
 
     def describe(self) -> str:
         where = f"field '{self.field}': " if self.field else ""
@@ -93,10 +103,27 @@ class OutOfMemory(ModelError):
     code = "out_of_memory"
 
 
-class RunawayGeneration(WorkerError):
-    """A page that hit its token limit without end-of-sequence (a repetition loop, usually)."""
+class EngineDead(ModelError):
+    """The engine can take no more work (a CUDA fault that poisoned the context, vLLM's engine core
+    died): the job in flight fails with `model_error` and the worker asks RunPod to replace it."""
 
-    code = "runaway_generation"
+
+class ModeUnavailable(WorkerError):
+    """A size mode this engine and model family cannot serve with the settings the result reports."""
+
+    code = "mode_unavailable"
+
+
+class PixelBudgetExceeded(WorkerError):
+    """A job whose decoded pages together exceed MAX_JOB_PIXELS."""
+
+    code = "pixel_budget_exceeded"
+
+
+class WorkerShuttingDown(WorkerError):
+    """The worker received SIGTERM (RunPod scaling down) before the job could finish."""
+
+    code = "worker_shutting_down"
 
 
 class TooManyFailedPages(WorkerError):

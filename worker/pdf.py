@@ -1,12 +1,14 @@
 """PDF bytes -> page images, with pypdfium2 (Apache/BSD; PyMuPDF's AGPL does not fit).
 
-In: PDF bytes, password, page selection, dpi. Out: the page count (checked up front) and an iterator
-of `(page_number, image | WorkerError)`; a page that fails to render becomes an error value so the
-document survives. pdfium is not thread-safe: one thread opens, renders and closes a document.
+In: PDF bytes, password, dpi. Out: an open document (`open_pdf`), its page count (`page_count`) and
+one rendered page at a time (`render_page`, raising a WorkerError for that page only, so the caller
+can flag it and keep the document). PDFium is not thread-safe and jobs render on worker threads, so
+every PDFium call of the process goes through `PDFIUM_LOCK`.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,16 +16,17 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
-from .errors import (ImageTooLarge, InvalidInput, InvalidPdf, PdfPasswordIncorrect, PdfPasswordRequired,
-                     TooManyPages, WorkerError)
+from .errors import ImageTooLarge, InvalidPdf, PdfPasswordIncorrect, PdfPasswordRequired, WorkerError
 
 POINTS_PER_INCH = 72
+PDFIUM_LOCK = threading.RLock()
 
 
 @contextmanager
 def open_pdf(data: bytes, *, password: str | None, field: str = "pdf") -> Iterator[pdfium.PdfDocument]:
     try:
-        document = pdfium.PdfDocument(data, password=password)
+        with PDFIUM_LOCK:
+            document = pdfium.PdfDocument(data, password=password)
     except pdfium.PdfiumError as exc:
         # PDFium's last-error value is process state: a document it refuses without setting one
         # (an empty page tree) reports whatever the previous failure was. So a password error is
@@ -37,23 +40,22 @@ def open_pdf(data: bytes, *, password: str | None, field: str = "pdf") -> Iterat
     try:
         yield document
     finally:
-        document.close()
+        with PDFIUM_LOCK:
+            document.close()
 
 
-def select_pages(page_count: int, selection: tuple[int, ...] | None, *, max_pages: int) -> list[int]:
-    """1-based page numbers to render; out-of-range or too many is an error, never a truncation."""
-    pages = list(selection) if selection is not None else list(range(1, page_count + 1))
-    beyond = [p for p in pages if p > page_count]
-    if beyond:
-        raise InvalidInput(f"page {beyond[0]} does not exist; the PDF has {page_count} pages", field="pages")
-    if len(pages) > max_pages:
-        raise TooManyPages(f"{len(pages)} pages selected, over the limit of {max_pages} (MAX_PAGES); "
-                           "use 'pages' to split the document", field="pages" if selection else "pdf")
-    return pages
+def page_count(document: pdfium.PdfDocument) -> int:
+    with PDFIUM_LOCK:
+        return len(document)
 
 
 def render_page(document: pdfium.PdfDocument, number: int, *, dpi: int, max_pixels: int) -> Image.Image:
     """Render one 1-based page to RGB at `dpi`. Raises a WorkerError for this page only."""
+    with PDFIUM_LOCK:
+        return _render_page(document, number, dpi=dpi, max_pixels=max_pixels)
+
+
+def _render_page(document: pdfium.PdfDocument, number: int, *, dpi: int, max_pixels: int) -> Image.Image:
     scale = dpi / POINTS_PER_INCH
     try:
         page = document[number - 1]

@@ -1,30 +1,103 @@
-"""One job's pages through the engine: the one place that knows the stages' order.
+"""One job's pages through the shared engine: the one place that knows the stages' order.
 
-In: an `OcrRequest`. Out: `PageResult`s in page order (`iter_page_results`), or one
-`DocumentResult` (`run_document`). Decoding and PDF rendering run on a producer thread, a bounded
-queue ahead of the engine, so the next pages are ready while the GPU works on the current batch.
+In: an `OcrRequest` and a job id. Out: `PageResult`s in page order (`page_results`, an async
+iterator) or one `DocumentResult` (`run_document`). Stages per page: decode (a worker thread; PDFium
+is serialised in pdf.py) -> room in the worker-wide pixel budget -> `engine.generate` (the engine
+batches pages of every job) -> a stricter retry for a runaway page -> `build_page_result`.
+
+A job keeps at most `MAX_JOB_INFLIGHT_PAGES` pages in the engine at once, so a 100-page PDF cannot
+fill the queue ahead of twenty one-page jobs; results are yielded in page order all the same.
+Cancelling the consumer (RunPod cancels the job's task on cancel or time-out) cancels the job's
+pages in the engine, which takes them out of its queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
 import threading
 import time
-from dataclasses import replace
-from typing import Callable, Iterator
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import AsyncIterator, Iterator
 
-from .engine import Engine
-from .errors import ModelError, TooManyFailedPages, WorkerError, error_detail
-from .pages import Generation, PageInput
+from .engine.api import Engine, Generation, GuardConfig, PageRequest
+from .errors import EngineDead, ModelError, PixelBudgetExceeded, TooManyFailedPages, WorkerError, error_detail
 from .results import DocumentResult, Issue, ModelMeta, PageResult, PageTimings, build_document_result, \
     build_page_result
-from .schema import GuardConfig, OcrRequest
+from .schema import OcrRequest
 from .settings import Settings
 from .sources import DecodedPage, iter_pages
 
 log = logging.getLogger(__name__)
-_DONE = object()
+
+
+class PixelBudget:
+    """Decoded pixels in flight across every job of the worker (MAX_INFLIGHT_PIXELS). A page waits
+    for room instead of failing, so a burst of huge scans slows down rather than running the worker
+    out of memory. Loop-agnostic (a lock and per-waiter futures), since the RunPod handler, the web
+    server and tests each bring their own event loop."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        pixels = min(pixels, self.limit)  # one page never waits for more room than exists
+        await self._acquire(pixels)
+        try:
+            yield
+        finally:
+            self._release(pixels)
+
+    async def _acquire(self, pixels: int) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._waiters and self._used + pixels <= self.limit:
+                self._used += pixels
+                return
+            waiter = loop.create_future()
+            self._waiters.append((pixels, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with self._lock:
+                granted = waiter.done() and not waiter.cancelled()
+                if (pixels, waiter) in self._waiters:
+                    self._waiters.remove((pixels, waiter))
+            if granted:
+                self._release(pixels)
+            raise
+
+    def _release(self, pixels: int) -> None:
+        with self._lock:
+            self._used -= pixels
+            # First come, first served: a large page at the head is not overtaken by small ones.
+            while self._waiters and self._used + self._waiters[0][0] <= self.limit:
+                size, waiter = self._waiters.popleft()
+                self._used += size
+                waiter.get_loop().call_soon_threadsafe(_grant, waiter)
+
+
+def _grant(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    """A page's result, and the typed error behind it when it failed (kept for the job's error)."""
+
+    result: PageResult
+    error: WorkerError | None = None
 
 
 class Pipeline:
@@ -32,76 +105,88 @@ class Pipeline:
         self.engine = engine
         self.settings = settings
         self.model = model
+        self.pixels = PixelBudget(settings.max_inflight_pixels)
 
-    def run_document(self, request: OcrRequest, job_id: str = "") -> DocumentResult:
+    async def run_document(self, request: OcrRequest, job_id: str = "") -> DocumentResult:
         started = time.perf_counter()
-        return self.finish_document(list(self.iter_page_results(request, job_id)), request, started)
+        outcomes = [outcome async for outcome in self.page_outcomes(request, job_id)]
+        return self.finish_document(outcomes, request, started)
 
-    def finish_document(self, pages: list[PageResult], request: OcrRequest, started: float,
+    def finish_document(self, outcomes: list[PageOutcome], request: OcrRequest, started: float,
                         include_pages: bool = True) -> DocumentResult:
-        """The document over its page results, or the job's error when too many pages failed."""
-        check_failures(pages, self.settings.max_failed_page_ratio)
-        return build_document_result(pages, request=request, model=self.model,
+        """The document over its pages, or the job's error when too many pages failed."""
+        check_failures(outcomes, self.settings.max_failed_page_ratio)
+        return build_document_result([o.result for o in outcomes], request=request, model=self.model,
                                      total_s=time.perf_counter() - started, include_pages=include_pages)
 
-    def iter_page_results(self, request: OcrRequest, job_id: str = "") -> Iterator[PageResult]:
-        """Page results in order, a batch at a time. Job-level errors raise from here."""
-        with _Prefetch(lambda: iter_pages(request, self.settings), depth=2 * self.settings.batch_size) as pages:
-            batch: list[DecodedPage] = []
-            for page in pages:
-                batch.append(page)
-                if sum(1 for p in batch if p.image is not None) >= self.settings.batch_size:
-                    yield from self._run_batch(batch, request, job_id)
-                    batch = []
-            if batch:
-                yield from self._run_batch(batch, request, job_id)
-
-    def _run_batch(self, batch: list[DecodedPage], request: OcrRequest, job_id: str) -> list[PageResult]:
-        runnable = [p for p in batch if p.image is not None]
-        inputs = [PageInput(image=p.image, prompt=request.prompt, view=request.mode.view,
-                            max_tokens=request.max_tokens, guard=request.guard) for p in runnable]
-        generations = self._generate_isolating(inputs, job_id)
-        retried = [False] * len(generations)
-        retry_guard = self._retry_guard(request.guard)
-        runaway = [i for i, g in enumerate(generations) if isinstance(g, Generation) and g.finish_reason == "length"]
-        if runaway and retry_guard is not None:
-            log.info("job %s: retrying %d runaway page(s) with n-gram guard %d/%d", job_id, len(runaway),
-                     retry_guard.ngram_size, retry_guard.window)
-            again = self._generate_isolating([replace(inputs[i], guard=retry_guard) for i in runaway], job_id)
-            for i, generation in zip(runaway, again):
-                if isinstance(generation, Generation):  # a retry that fails keeps the first answer
-                    generations[i], retried[i] = generation, True
-        by_page = {p.number: (g, r) for p, g, r in zip(runnable, generations, retried)}
-        results = []
-        for page in batch:
-            generation, was_retried = by_page.get(page.number, (page.failure, False))
-            if not isinstance(generation, Generation):
-                results.append(_failed_page(page, generation, request))
-                continue
-            results.append(build_page_result(page=page.number, source=page.source, image=page.image,
-                                             generation=generation, request=request,
-                                             decode_s=page.decode_s, retried=was_retried))
-        return results
-
-    def _generate_isolating(self, inputs: list[PageInput], job_id: str) -> list[Generation | ModelError]:
-        """One engine call for the batch; if it fails, each page alone, so one page the model cannot
-        handle is flagged instead of failing every page it was batched with."""
-        if not inputs:
-            return []
+    async def page_outcomes(self, request: OcrRequest, job_id: str = "") -> AsyncIterator[PageOutcome]:
+        """Page outcomes in page order. Job-level errors (a PDF that will not open, a payload limit)
+        raise from here; a page's own failure is a flagged outcome."""
+        source = _PageSource(iter_pages(request, self.settings))
+        inflight: deque[asyncio.Task] = deque()
+        job_pixels = 0
         try:
-            return list(self.engine.generate(inputs))
-        except ModelError as exc:
-            if len(inputs) == 1:
-                return [exc]
-            log.warning("job %s: batch of %d failed (%s); running its pages one by one", job_id, len(inputs),
-                        exc.describe())
-        results: list[Generation | ModelError] = []
-        for page in inputs:
+            while True:
+                while len(inflight) < self.settings.max_job_inflight_pages:
+                    page = await source.next()
+                    if page is None:
+                        break
+                    if page.image is not None:
+                        job_pixels += page.image.width * page.image.height
+                        if job_pixels > self.settings.max_job_pixels:
+                            raise PixelBudgetExceeded(
+                                f"the job's pages exceed MAX_JOB_PIXELS ({self.settings.max_job_pixels} pixels) "
+                                f"at page {page.number}; send fewer or smaller pages, or a lower 'dpi'",
+                                field=page.source.split("#")[0].split("[")[0])
+                    inflight.append(asyncio.create_task(self._page_outcome(page, request, job_id)))
+                if not inflight:
+                    return
+                yield await inflight[0]
+                inflight.popleft()
+        finally:
+            for task in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+            await source.aclose()
+
+    async def _page_outcome(self, page: DecodedPage, request: OcrRequest, job_id: str) -> PageOutcome:
+        if page.image is None:
+            return _failed(page, page.failure, request)
+        async with self.pixels.hold(page.image.width * page.image.height):
             try:
-                results.append(self.engine.generate([page])[0])
+                generation, retry_s = await self._generate_with_retry(page, request, job_id)
+            except EngineDead:
+                raise
             except ModelError as exc:
-                results.append(exc)
-        return results
+                log.warning("job %s: page %d failed: %s", job_id, page.number, exc.describe())
+                return _failed(page, exc, request)
+            result = await asyncio.to_thread(
+                build_page_result, page=page.number, source=page.source, image=page.image, generation=generation,
+                request=request, decode_s=page.decode_s, retry_s=retry_s)
+        return PageOutcome(result)
+
+    async def _generate_with_retry(self, page: DecodedPage, request: OcrRequest,
+                                   job_id: str) -> tuple[Generation, float | None]:
+        """The page's generation; a runaway (hit max_tokens) is run once more with the stricter
+        guard, and the retry's answer is kept unless the retry itself fails."""
+        first = PageRequest(image=page.image, prompt=request.prompt, view=request.mode.view,
+                            max_tokens=request.max_tokens, guard=request.guard, job_id=job_id)
+        generation = await self.engine.generate(first)
+        guard = self._retry_guard(request.guard)
+        if generation.finish_reason != "length" or guard is None:
+            return generation, None
+        log.info("job %s: page %d ran away; retrying with n-gram guard %d/%d", job_id, page.number,
+                 guard.ngram_size, guard.window)
+        try:
+            again = await self.engine.generate(replace(first, guard=guard))
+        except EngineDead:
+            raise
+        except ModelError as exc:
+            log.warning("job %s: retry of page %d failed (%s); keeping the first answer", job_id, page.number,
+                        exc.describe())
+            return generation, None
+        return again, again.generate_s
 
     def _retry_guard(self, guard: GuardConfig) -> GuardConfig | None:
         """The stricter guard for a runaway page (the official PDF settings, 20 over 50), if retry
@@ -115,73 +200,41 @@ class Pipeline:
         return stricter
 
 
-def check_failures(pages: list[PageResult], max_ratio: float) -> None:
+def check_failures(outcomes: list[PageOutcome], max_ratio: float) -> None:
     """Fail the job when more than `max_ratio` of its pages failed. A one-page job fails with that
-    page's own error, so a bad single image reports `invalid_image`, not a ratio."""
-    failed = [p for p in pages if p.failure is not None]
-    if not failed or len(failed) / len(pages) <= max_ratio:
+    page's own typed error, so a bad single image reports `invalid_image`, not a ratio."""
+    failed = [o for o in outcomes if o.error is not None]
+    if not failed or len(failed) / len(outcomes) <= max_ratio:
         return
-    if len(pages) == 1:
-        f = failed[0].failure
-        raise WorkerError(f.message, field=f.field, code=f.code)
-    first = failed[0]
+    if len(outcomes) == 1:
+        raise failed[0].error
+    first = failed[0].result
     raise TooManyFailedPages(
-        f"{len(failed)} of {len(pages)} pages failed (MAX_FAILED_PAGE_RATIO={max_ratio}); first: page "
+        f"{len(failed)} of {len(outcomes)} pages failed (MAX_FAILED_PAGE_RATIO={max_ratio}); first: page "
         f"{first.page} ({first.source}) {first.failure.code}: {first.failure.message}")
 
 
-def _failed_page(page: DecodedPage, failure: BaseException, request: OcrRequest) -> PageResult:
-    detail = error_detail(failure)
-    return PageResult(page=page.number, source=page.source, finish_reason="failed",
-                      failure=Issue(**detail), timings=PageTimings(decode_s=round(page.decode_s, 4)),
-                      **{request.output_key: ""})
+def _failed(page: DecodedPage, error: WorkerError, request: OcrRequest) -> PageOutcome:
+    result = PageResult(page=page.number, source=page.source, finish_reason="failed",
+                        failure=Issue(**error_detail(error)), timings=PageTimings(decode_s=round(page.decode_s, 4)),
+                        **{request.output_key: ""})
+    return PageOutcome(result, error)
 
 
-class _Prefetch:
-    """Runs a page iterator on a producer thread, `depth` items ahead. Errors from the producer
-    re-raise in the consumer; leaving the block early stops the producer."""
+class _PageSource:
+    """A job's page iterator (decoding, downloads, PDF rendering: blocking work) stepped on worker
+    threads, one step at a time, so the event loop never blocks and the generator is never
+    entered by two threads at once (closing it while a step runs would raise)."""
 
-    def __init__(self, make_iter: Callable[[], Iterator[DecodedPage]], depth: int):
-        self._make_iter = make_iter
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="page-prefetch", daemon=True)
+    def __init__(self, pages: Iterator[DecodedPage]):
+        self._pages = pages
+        self._step: asyncio.Future | None = None
 
-    def __enter__(self) -> Iterator[DecodedPage]:
-        self._thread.start()
-        return self._consume()
+    async def next(self) -> DecodedPage | None:
+        self._step = asyncio.ensure_future(asyncio.to_thread(next, self._pages, None))
+        return await asyncio.shield(self._step)
 
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        while self._thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                self._thread.join(timeout=0.05)
-
-    def _produce(self) -> None:
-        try:
-            for item in self._make_iter():
-                if not self._put(item):
-                    return
-            self._put(_DONE)
-        except BaseException as exc:  # handed to the consumer thread, which re-raises it
-            self._put(exc)
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _consume(self) -> Iterator[DecodedPage]:
-        while True:
-            item = self._queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    async def aclose(self) -> None:
+        if self._step is not None and not self._step.done():
+            await asyncio.gather(self._step, return_exceptions=True)
+        await asyncio.to_thread(self._pages.close)

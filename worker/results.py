@@ -15,13 +15,17 @@ from typing import Any, Literal
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict
 
+from .engine.api import Generation
 from .grounding import FIGURE_LABEL, PAGE_SEPARATOR, Grounding, parse_grounding, render_markdown
-from .pages import Generation
-from .prompts import GROUNDED_TASKS
 from .schema import OcrRequest
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 CONFIDENCE_NOTE = "DeepSeek-OCR gives no per-line confidence; the field is null"
+# Warning code of a page that hit max_tokens without end of sequence (a repetition loop, usually).
+RUNAWAY_WARNING = "runaway_generation"
+# Warning code of a page whose grounding tags the parser had to mend (missing openers, text in a
+# det, stray closers): content was kept, but the layout of those blocks is less certain.
+MALFORMED_WARNING = "malformed_grounding"
 _ANNOTATION_COLOURS = {"title": "red", "sub_title": "orange", "table": "blue", "image": "green",
                        "equation": "purple"}
 
@@ -89,9 +93,12 @@ class PageSettings(BaseModel):
 class PageTimings(BaseModel):
     model_config = _FROZEN
     decode_s: float
-    preprocess_s: float = 0.0  # shared by the batch
-    generate_s: float = 0.0  # shared by the batch
-    batch_size: int = 0
+    queue_s: float = 0.0  # waiting in the engine's queue for a batch slot
+    preprocess_s: float = 0.0  # the processor on this page
+    generate_s: float = 0.0  # the model time of the batch (or vLLM request) it ran in
+    retry_generate_s: float = 0.0  # the runaway retry's model time, when there was one
+    batch_size: int = 0  # pages that shared the engine step
+    batch_jobs: int = 0  # distinct jobs among them
 
 
 class PageResult(BaseModel):
@@ -132,8 +139,34 @@ class ModelMeta(BaseModel):
     model_config = _FROZEN
     name: str
     revision: str
+    family: str
+    engine: str
     device: str
     dtype: str
+
+
+class DocumentSettings(BaseModel):
+    """The settings the job ran with (per page, `PageSettings` adds the tiles each page got)."""
+
+    model_config = _FROZEN
+    mode: str
+    mode_note: str
+    view_size: int
+    tile_size: int | None
+    crop: bool
+    min_tiles: int
+    max_tiles: int
+    prompt: str
+    max_tokens: int
+    ngram_size: int
+    ngram_window: int
+    dpi: int | None = None
+
+
+class DocumentTimings(BaseModel):
+    model_config = _FROZEN
+    total_s: float
+    decode_s: float
 
 
 class DocumentResult(BaseModel):
@@ -146,23 +179,26 @@ class DocumentResult(BaseModel):
     page_count: int
     failed_pages: int
     pages: tuple[PageResult, ...] | None  # None in the closing item of a stream (pages went before)
-    settings: dict[str, Any]
+    settings: DocumentSettings
     usage: Usage
     finish_reason: Literal["stop", "length", "failed"]
     model: ModelMeta
-    timings: dict[str, float]
+    timings: DocumentTimings
 
     def to_output(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
 
 
 def build_page_result(*, page: int, source: str, image: Image.Image, generation: Generation,
-                      request: OcrRequest, decode_s: float, retried: bool) -> PageResult:
-    """Turn one generation into a page result: clean text, parsed layout per task, crops."""
+                      request: OcrRequest, decode_s: float, retry_s: float | None) -> PageResult:
+    """Turn one generation into a page result: clean text, parsed layout per task, crops.
+    `retry_s` is the runaway retry's model time when `generation` is the retry's answer."""
     width, height = image.size
     fields: dict[str, Any] = {}
     grounding: Grounding | None = None
-    if request.task in GROUNDED_TASKS:
+    shape = request.task.shape
+    retried = retry_s is not None
+    if request.task.grounded:
         grounding = parse_grounding(generation.raw_text)
         content = render_markdown(grounding, figure_name=lambda k: figure_name(page, k))
     else:
@@ -172,25 +208,28 @@ def build_page_result(*, page: int, source: str, image: Image.Image, generation:
         fields["raw"] = generation.raw_text
     if grounding is not None:
         blocks = to_blocks(grounding, width, height)
-        if request.task == "layout":
+        if shape == "layout":
             fields["blocks"] = blocks
-        elif request.task == "ocr_lines":
+        elif shape == "lines":
             lines = [b for b in blocks if b.grounded and b.boxes]
             fields["lines"] = tuple(b.label for b in lines)
             fields["boxes"] = tuple(_polygon(b.boxes[0]) for b in lines)
             fields["confidences"] = tuple(None for _ in lines)
             fields["confidence_note"] = CONFIDENCE_NOTE
-        elif request.task == "locate":
+        elif shape == "matches":
             fields["matches"] = tuple(box for b in blocks if b.grounded for box in b.boxes)
         if request.include_figures:
             fields["figures"] = crop_figures(image, blocks, page)
         if request.annotate:
             fields["annotated_png_base64"] = annotate_page(image, blocks)
-    warnings = ()
+    warnings = []
     if generation.finish_reason == "length":
-        warnings = (Issue(code="runaway_generation",
-                          message=f"hit max_tokens ({generation.max_tokens}) without end of sequence"
-                                  + ("; retried with a stricter repetition guard" if retried else "")),)
+        warnings.append(Issue(code=RUNAWAY_WARNING,
+                              message=f"hit max_tokens ({generation.max_tokens}) without end of sequence"
+                                      + ("; retried with a stricter repetition guard" if retried else "")))
+    if grounding is not None and grounding.repairs:
+        warnings.append(Issue(code=MALFORMED_WARNING,
+                              message=f"mended {grounding.repairs} malformed grounding tag(s); content kept"))
     view = request.mode.view
     guard = request.guard
     return PageResult(
@@ -203,9 +242,11 @@ def build_page_result(*, page: int, source: str, image: Image.Image, generation:
         usage=Usage(prompt_tokens=generation.prompt_tokens, vision_tokens=generation.vision_tokens,
                     completion_tokens=generation.completion_tokens,
                     total_tokens=generation.prompt_tokens + generation.completion_tokens),
-        finish_reason=generation.finish_reason, retried=retried, warnings=warnings,
-        timings=PageTimings(decode_s=round(decode_s, 4), preprocess_s=generation.preprocess_s,
-                            generate_s=generation.generate_s, batch_size=generation.batch_size),
+        finish_reason=generation.finish_reason, retried=retried, warnings=tuple(warnings),
+        timings=PageTimings(decode_s=round(decode_s, 4), queue_s=generation.queue_s,
+                            preprocess_s=generation.preprocess_s, generate_s=generation.generate_s,
+                            retry_generate_s=round(retry_s or 0.0, 4), batch_size=generation.batch_size,
+                            batch_jobs=generation.batch_jobs),
     )
 
 
@@ -222,16 +263,15 @@ def build_document_result(pages: list[PageResult], *, request: OcrRequest, model
     joined = PAGE_SEPARATOR.join(p.content for p in pages)
     view = request.mode.view
     return DocumentResult(
-        task=request.task, mode=request.mode.name, page_count=len(pages), failed_pages=failed,
+        task=request.task.name, mode=request.mode.name, page_count=len(pages), failed_pages=failed,
         pages=tuple(pages) if include_pages else None, **{request.output_key: joined},
-        settings={"mode": request.mode.name, "mode_note": request.mode.note, "view_size": view.view_size,
-                  "tile_size": view.tile_size, "crop": view.crop, "min_tiles": view.min_tiles,
-                  "max_tiles": view.max_tiles, "prompt": request.prompt, "max_tokens": request.max_tokens,
-                  "ngram_size": request.guard.ngram_size, "ngram_window": request.guard.window,
-                  "dpi": request.dpi if request.sources[0].expect == "pdf" else None},
+        settings=DocumentSettings(
+            mode=request.mode.name, mode_note=request.mode.note, view_size=view.view_size,
+            tile_size=view.tile_size, crop=view.crop, min_tiles=view.min_tiles, max_tiles=view.max_tiles,
+            prompt=request.prompt, max_tokens=request.max_tokens, ngram_size=request.guard.ngram_size,
+            ngram_window=request.guard.window, dpi=request.dpi if request.sources[0].expect == "pdf" else None),
         usage=usage, finish_reason=finish, model=model,
-        timings={"total_s": round(total_s, 4),
-                 "decode_s": round(sum(p.timings.decode_s for p in pages), 4)},
+        timings=DocumentTimings(total_s=round(total_s, 4), decode_s=round(sum(p.timings.decode_s for p in pages), 4)),
     )
 
 

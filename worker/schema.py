@@ -7,18 +7,19 @@ Nothing here decodes files or touches the network; sources stay strings until `s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import InvalidInput, TooManyPages
-from .modes import MODE_NAMES, ModeSpec, resolve_mode
-from .prompts import DEFAULT_TASK, MARKDOWN_TASKS, TASKS, build_prompt
+from .engine.api import GuardConfig
+from .errors import InvalidInput, ModeUnavailable, TooManyPages
+from .families import MODE_NAMES, ModeSpec
+from .fetch import classify_source, require_http_scheme
+from .page_selection import PageSelection, parse_page_selection
 from .settings import Settings
+from .tasks import DEFAULT_TASK, TASK_NAMES, TASKS, TaskSpec, build_prompt
 
-_PAGE_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 MAX_QUERY_CHARS = 500
 MAX_PROMPT_CHARS = 4000
 
@@ -34,8 +35,8 @@ class _JobInput(BaseModel):
     pages: str | None = None
     dpi: int | None = None
     pdf_password: str | None = None
-    mode: Literal[MODE_NAMES] | None = None  # type: ignore[valid-type] - the names live in modes.py
-    task: Literal[TASKS] | None = None  # type: ignore[valid-type] - the names live in prompts.py
+    mode: Literal[MODE_NAMES] | None = None  # type: ignore[valid-type] - the names live in families.py
+    task: Literal[TASK_NAMES] | None = None  # type: ignore[valid-type] - the names live in tasks.py
     query: str | None = Field(default=None, min_length=1, max_length=MAX_QUERY_CHARS)
     prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
     format: Literal["text", "markdown"] | None = None
@@ -66,25 +67,17 @@ class SourceRef:
 
     @property
     def is_url(self) -> bool:
-        return self.value[:8].lower().startswith(("http://", "https://"))
-
-
-@dataclass(frozen=True)
-class GuardConfig:
-    """Windowed no-repeat n-gram rule; ngram_size 0 turns it off."""
-
-    ngram_size: int
-    window: int
+        return classify_source(self.value) == "url"
 
 
 @dataclass(frozen=True)
 class OcrRequest:
     sources: tuple[SourceRef, ...]
-    page_selection: tuple[int, ...] | None
+    page_selection: PageSelection | None
     dpi: int
     pdf_password: str | None
     mode: ModeSpec
-    task: str
+    task: TaskSpec
     prompt: str
     query: str | None
     output_key: Literal["text", "markdown"]
@@ -95,8 +88,9 @@ class OcrRequest:
     guard: GuardConfig
 
 
-def parse_job_input(raw: Any, settings: Settings) -> OcrRequest:
-    """Validate a job's `input` and resolve every default. Raises `InvalidInput`."""
+def parse_job_input(raw: Any, settings: Settings, modes: Mapping[str, ModeSpec]) -> OcrRequest:
+    """Validate a job's `input` and resolve every default against the settings and the mode table of
+    the engine serving it. Raises `InvalidInput` (or another `WorkerError`) naming the field."""
     if not isinstance(raw, dict):
         raise InvalidInput(f"must be a JSON object, got {type(raw).__name__}", field="input")
     try:
@@ -105,6 +99,8 @@ def parse_job_input(raw: Any, settings: Settings) -> OcrRequest:
         raise _to_invalid_input(exc) from None
 
     sources = _resolve_sources(job)
+    for ref in sources:
+        require_http_scheme(ref.value, field=ref.field)
     task = _resolve_task(job)
     if task == "locate" and not job.query:
         raise InvalidInput("task 'locate' needs the phrase to find", field="query")
@@ -114,8 +110,6 @@ def parse_job_input(raw: Any, settings: Settings) -> OcrRequest:
         raise InvalidInput("task 'custom' needs a prompt", field="prompt")
     if job.prompt is not None and task != "custom":
         raise InvalidInput("only used with task 'custom' (or alone, which implies it)", field="prompt")
-    if job.prompt is not None and job.prompt.count("<image>") > 1:
-        raise InvalidInput("must contain '<image>' at most once", field="prompt")
 
     is_pdf = job.pdf is not None
     for name in ("pages", "dpi", "pdf_password"):
@@ -137,18 +131,21 @@ def parse_job_input(raw: Any, settings: Settings) -> OcrRequest:
     if ngram_size and window < ngram_size:
         raise InvalidInput(f"must be at least ngram_size ({ngram_size})", field="ngram_window")
 
-    output_key: Literal["text", "markdown"] = "markdown" if task in MARKDOWN_TASKS else "text"
-    if job.format is not None:
-        output_key = job.format
+    spec = TASKS[task]
+    output_key: Literal["text", "markdown"] = job.format or spec.output_key
+    mode_name = job.mode or settings.default_mode
+    if mode_name not in modes:
+        raise ModeUnavailable(f"{mode_name!r} is not served by this worker's engine and model; it offers "
+                              + ", ".join(repr(m) for m in modes), field="mode")
 
     return OcrRequest(
         sources=sources,
         page_selection=parse_page_selection(job.pages) if job.pages is not None else None,
         dpi=dpi,
         pdf_password=job.pdf_password,
-        mode=resolve_mode(job.mode or settings.default_mode),
-        task=task,
-        prompt=build_prompt(task, query=job.query, prompt=job.prompt),
+        mode=modes[mode_name],
+        task=spec,
+        prompt=build_prompt(spec, query=job.query, prompt=job.prompt),
         query=job.query,
         output_key=output_key,
         max_tokens=max_tokens,
@@ -157,23 +154,6 @@ def parse_job_input(raw: Any, settings: Settings) -> OcrRequest:
         include_raw=job.include_raw,
         guard=GuardConfig(ngram_size=ngram_size, window=window),
     )
-
-
-def parse_page_selection(spec: str) -> tuple[int, ...]:
-    """'1-3,7' -> (1, 2, 3, 7): 1-based, sorted, unique. Bounds against the PDF are checked later."""
-    pages: set[int] = set()
-    for part in spec.split(","):
-        match = _PAGE_RANGE.match(part)
-        if not match:
-            raise InvalidInput(f"{part.strip()!r} is not a page or range like '1-3,7'", field="pages")
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) else first
-        if first < 1 or last < first:
-            raise InvalidInput(f"{part.strip()!r} is not a valid range (pages start at 1)", field="pages")
-        if last - first > 100_000:
-            raise InvalidInput(f"{part.strip()!r} is too long a range", field="pages")
-        pages.update(range(first, last + 1))
-    return tuple(sorted(pages))
 
 
 def _resolve_sources(job: _JobInput) -> tuple[SourceRef, ...]:
@@ -192,7 +172,7 @@ def _resolve_sources(job: _JobInput) -> tuple[SourceRef, ...]:
 def _resolve_task(job: _JobInput) -> str:
     """`task` wins; the old handler's bare `prompt` and `format` map onto tasks."""
     if job.task is not None:
-        if job.format is not None and (job.format == "markdown") != (job.task in MARKDOWN_TASKS):
+        if job.format is not None and job.format != TASKS[job.task].output_key:
             raise InvalidInput(f"format {job.format!r} conflicts with task {job.task!r}", field="format")
         return job.task
     if job.prompt is not None:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
 
+from .engine.api import ENGINE_NAMES, EngineConfig
 from .errors import ConfigError
-from .modes import DEFAULT_MODE, MODE_NAMES
+from .families import DEFAULT_MODE, MODE_NAMES
 
 T = TypeVar("T")
 
@@ -23,18 +24,36 @@ MODEL_CONTEXT_TOKENS = 8192
 DEFAULT_MAX_INPUT_BYTES = 100 * 1024 * 1024
 # A worker result much over ~19 MB fails to upload ("Failed to return job results | 400").
 DEFAULT_MAX_OUTPUT_BYTES = 15 * 1024 * 1024
+# Jobs held at once (RunPod's concurrency_modifier). A worker that takes more jobs than its engine
+# can run only parks them here, where no other worker can take them; 16 keeps two transformers
+# batches of 8 (or a vLLM step of 16 one-page jobs) busy while the next pages are decoded. Raise it
+# with vLLM on a large GPU, where one step can hold 64+ pages.
+DEFAULT_MAX_CONCURRENCY = 16
 
 
 @dataclass(frozen=True)
 class Settings:
     model_path: Path = Path("/models/deepseek-ocr-2")
-    model_name: str = "deepseek-community/DeepSeek-OCR-2"
+    model_name: str | None = None  # None: the family's hub id (the baked manifest wins over both)
     model_revision: str = "unknown"
+    engine: str = "auto"
     device: str = "auto"
     warmup: bool = True
     default_mode: str = DEFAULT_MODE
     max_tokens: int = MODEL_CONTEXT_TOKENS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_job_inflight_pages: int = 8
     batch_size: int = 8
+    batch_wait_ms: int = 10
+    preprocess_workers: int = 0
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_max_num_seqs: int = 64
+    max_model_len: int = MODEL_CONTEXT_TOKENS
+    enforce_eager: bool = False
+    vllm_cpu_kv_cache_gib: int = 4
+    max_inflight_pixels: int = 400_000_000
+    max_job_pixels: int = 2_000_000_000
+    shutdown_grace_s: float = 60.0
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     max_image_pixels: int = 50_000_000
     max_pages: int = 100
@@ -56,19 +75,34 @@ class Settings:
     retry_ngram_size: int = 20
     retry_ngram_window: int = 50
     log_level: str = "INFO"
+    result_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
         d = cls()
         s = cls(
             model_path=Path(_get(env, "MODEL_PATH", str, str(d.model_path))),
-            model_name=_get(env, "MODEL_NAME", str, d.model_name),
+            model_name=env.get("MODEL_NAME") or None,
             model_revision=_get(env, "MODEL_REVISION", str, d.model_revision),
+            engine=_choice(env, "ENGINE", ENGINE_NAMES, d.engine),
             device=_choice(env, "DEVICE", ("auto", "cuda", "cpu"), d.device),
             warmup=_get(env, "WARMUP", _bool, d.warmup),
             default_mode=_choice(env, "DEFAULT_MODE", MODE_NAMES, d.default_mode),
             max_tokens=_int(env, "MAX_TOKENS", d.max_tokens, 1, MODEL_CONTEXT_TOKENS),
+            max_concurrency=_int(env, "MAX_CONCURRENCY", d.max_concurrency, 1, 1024),
+            max_job_inflight_pages=_int(env, "MAX_JOB_INFLIGHT_PAGES", d.max_job_inflight_pages, 1, 1024),
             batch_size=_int(env, "BATCH_SIZE", d.batch_size, 1, 256),
+            batch_wait_ms=_int(env, "BATCH_WAIT_MS", d.batch_wait_ms, 0, 10_000),
+            preprocess_workers=_int(env, "PREPROCESS_WORKERS", d.preprocess_workers, 0, 256),
+            vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", d.vllm_gpu_memory_utilization,
+                                               0.05, 0.99),
+            vllm_max_num_seqs=_int(env, "VLLM_MAX_NUM_SEQS", d.vllm_max_num_seqs, 1, 4096),
+            max_model_len=_int(env, "MAX_MODEL_LEN", d.max_model_len, 512, MODEL_CONTEXT_TOKENS),
+            enforce_eager=_get(env, "ENFORCE_EAGER", _bool, d.enforce_eager),
+            vllm_cpu_kv_cache_gib=_int(env, "VLLM_CPU_KV_CACHE_GIB", d.vllm_cpu_kv_cache_gib, 1, 1024),
+            max_inflight_pixels=_int(env, "MAX_INFLIGHT_PIXELS", d.max_inflight_pixels, 10_000, 2**40),
+            max_job_pixels=_int(env, "MAX_JOB_PIXELS", d.max_job_pixels, 10_000, 2**42),
+            shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", d.shutdown_grace_s, 0, 3600),
             max_input_bytes=_int(env, "MAX_INPUT_BYTES", d.max_input_bytes, 1024, 2**34),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", d.max_image_pixels, 10_000, 2**32),
             max_pages=_int(env, "MAX_PAGES", d.max_pages, 1, 100_000),
@@ -90,7 +124,11 @@ class Settings:
             retry_ngram_size=_int(env, "RETRY_NGRAM_SIZE", d.retry_ngram_size, 1, 1000),
             retry_ngram_window=_int(env, "RETRY_NGRAM_WINDOW", d.retry_ngram_window, 1, 100_000),
             log_level=_choice(env, "LOG_LEVEL", ("debug", "info", "warning", "error"), d.log_level.lower()).upper(),
+            result_file=Path(env["RESULT_FILE"]) if env.get("RESULT_FILE") else None,
         )
+        if s.max_image_pixels > s.max_inflight_pixels:
+            raise ConfigError(f"MAX_IMAGE_PIXELS ({s.max_image_pixels}) must not exceed MAX_INFLIGHT_PIXELS "
+                              f"({s.max_inflight_pixels}): one page could never get room")
         if s.pdf_dpi > s.max_pdf_dpi:
             raise ConfigError(f"PDF_DPI ({s.pdf_dpi}) must not exceed MAX_PDF_DPI ({s.max_pdf_dpi})")
         if s.ngram_size and s.ngram_window < s.ngram_size:
@@ -98,6 +136,15 @@ class Settings:
         if s.bucket_endpoint_url and not (s.bucket_access_key_id and s.bucket_secret_access_key):
             raise ConfigError("BUCKET_ENDPOINT_URL is set but BUCKET_ACCESS_KEY_ID/BUCKET_SECRET_ACCESS_KEY are not")
         return s
+
+    def engine_config(self, family: str) -> EngineConfig:
+        """The part of the settings an engine needs."""
+        return EngineConfig(
+            model_path=self.model_path, family=family, device=self.device,  # type: ignore[arg-type]
+            context_tokens=MODEL_CONTEXT_TOKENS, batch_size=self.batch_size, batch_wait_ms=self.batch_wait_ms,
+            preprocess_workers=self.preprocess_workers, gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            max_num_seqs=self.vllm_max_num_seqs, max_model_len=self.max_model_len,
+            enforce_eager=self.enforce_eager, cpu_kv_cache_gib=self.vllm_cpu_kv_cache_gib)
 
 
 def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:

@@ -17,7 +17,8 @@ from PIL import Image
 from .decoding import decode_base64, decode_image, sniff_kind
 from .errors import PayloadTooLarge, UnsupportedContent, WorkerError
 from .fetch import fetch_url
-from .pdf import open_pdf, render_page, select_pages
+from .page_selection import select_pages
+from .pdf import open_pdf, page_count, render_page
 from .schema import OcrRequest, SourceRef
 from .settings import Settings
 
@@ -95,7 +96,7 @@ def _pdf_pages(request: OcrRequest, settings: Settings, budget: _ByteBudget) -> 
         what = f"a {kind.upper()} image; send it in 'image'" if kind else "not a PDF"
         raise UnsupportedContent(f"is {what}", field=ref.field)
     with open_pdf(data, password=request.pdf_password, field=ref.field) as document:
-        numbers = select_pages(len(document), request.page_selection, max_pages=settings.max_pages)
+        numbers = select_pages(page_count(document), request.page_selection, max_pages=settings.max_pages)
         for position, number in enumerate(numbers, 1):
             source = f"{ref.field}#{number}"
             try:

@@ -1,0 +1,133 @@
+"""The OCR service of one process: settings -> model family -> engine -> pipeline, and jobs in and
+out in the worker's own shapes. Every front door (the RunPod handler, the local server with the
+original REST and OpenAI routes) goes through one `OcrService`, so every job shares one engine queue.
+
+In: a job's `input` dict (README "Input"). Out: a `DocumentResult`, a stream of `PageResult`s then
+a closing `DocumentResult`, or, for RunPod, an output dict / the one error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Mapping
+
+from .engine import choose_engine, load_engine
+from .engine.api import Engine, EngineInfo
+from .errors import ConfigError, EngineDead, WorkerError, WorkerShuttingDown, error_output
+from .families import Family, ModeSpec, detect_family
+from .manifest import read_manifest
+from .pipeline import Pipeline
+from .results import DocumentResult, ModelMeta, PageResult
+from .schema import OcrRequest, parse_job_input
+from .settings import Settings
+from .storage import fit_output
+
+log = logging.getLogger(__name__)
+
+
+class OcrService:
+    def __init__(self, settings: Settings, engine: Engine, family: Family, modes: Mapping[str, ModeSpec],
+                 meta: ModelMeta):
+        self.settings = settings
+        self.engine = engine
+        self.family = family
+        self.modes = modes
+        self.meta = meta
+        self.pipeline = Pipeline(engine, settings, meta)
+        self.shutting_down = False
+
+    @classmethod
+    async def start(cls, settings: Settings) -> "OcrService":
+        """Read the checkpoint's family, load the engine, warm it up. Raises ConfigError (a message
+        naming the setting or path) when the worker must not take jobs."""
+        baked = read_manifest(settings.model_path)
+        family = detect_family(settings.model_path)
+        name = choose_engine(settings.engine)
+        modes = family.mode_table(name)
+        if not modes:
+            raise ConfigError(f"the checkpoint at MODEL_PATH={settings.model_path} is {family.name}, which "
+                              f"ENGINE={name} cannot run; use ENGINE=vllm")
+        if settings.default_mode not in modes:
+            raise ConfigError(f"DEFAULT_MODE={settings.default_mode} is not served by {family.name} on {name}; "
+                              f"it offers {', '.join(modes)}")
+        started = time.perf_counter()
+        engine = await asyncio.to_thread(load_engine, settings.engine_config(family.name), name,
+                                         {m: spec.view for m, spec in modes.items()})
+        loaded = time.perf_counter()
+        if settings.warmup:
+            try:
+                await engine.warmup()
+            except WorkerError as exc:
+                await engine.close()
+                raise ConfigError(f"the warm-up inference failed: {exc.describe()}") from exc
+        info = engine.info
+        model_name, revision = baked or (settings.model_name or family.hub_id, settings.model_revision)
+        log.info("%s on %s loaded from %s in %.2fs (%s, %s), warm-up %.2fs", family.name, info.engine,
+                 settings.model_path, loaded - started, info.device, info.dtype, time.perf_counter() - loaded)
+        meta = ModelMeta(name=model_name, revision=revision, family=family.name, engine=info.engine,
+                         device=info.device, dtype=info.dtype)
+        return cls(settings, engine, family, modes, meta)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.engine.info
+
+    @property
+    def model_name(self) -> str:
+        return self.meta.name
+
+    def parse(self, job_input: Any) -> OcrRequest:
+        if self.shutting_down:
+            raise WorkerShuttingDown("the worker is shutting down and takes no new jobs; resubmit")
+        return parse_job_input(job_input, self.settings, self.modes)
+
+    async def run_job(self, job_input: Any, job_id: str = "") -> DocumentResult:
+        return await self.pipeline.run_document(self.parse(job_input), job_id)
+
+    async def stream_job(self, job_input: Any, job_id: str = "") -> AsyncIterator[PageResult | DocumentResult]:
+        """Each page as it is ready, in order, then the closing document without the pages."""
+        started = time.perf_counter()
+        request = self.parse(job_input)
+        outcomes = []
+        async for outcome in self.pipeline.page_outcomes(request, job_id):
+            outcomes.append(outcome)
+            yield outcome.result
+        yield self.pipeline.finish_document(outcomes, request, started, include_pages=False)
+
+    async def handle_job(self, job_input: Any, job_id: str = "") -> dict[str, Any]:
+        """A RunPod job's output dict, or the one error shape; never raises."""
+        try:
+            output = (await self.run_job(job_input, job_id)).to_output()
+            return await asyncio.to_thread(fit_output, output, job_id=job_id, settings=self.settings)
+        except Exception as exc:  # the handler must never crash the worker loop
+            return self.failure(exc, job_id)
+
+    async def stream_outputs(self, job_input: Any, job_id: str = "") -> AsyncIterator[dict[str, Any]]:
+        """`stream_job` as RunPod stream items; a failure is the last item (RunPod ends a stream at
+        the first item with an `error` key, so page problems travel as `failure`/`warnings`)."""
+        try:
+            async for item in self.stream_job(job_input, job_id):
+                name = f"page-{item.page}" if isinstance(item, PageResult) else "result"
+                yield await asyncio.to_thread(fit_output, item.to_output(), job_id=job_id,
+                                              settings=self.settings, name=name)
+        except Exception as exc:  # yielded, not raised: a raise would lose the error code
+            yield self.failure(exc, job_id)
+
+    def failure(self, exc: BaseException, job_id: str) -> dict[str, Any]:
+        """The one error shape; a dead engine also asks RunPod to replace this worker, since every
+        later job would fail the same way."""
+        if isinstance(exc, WorkerError):
+            log.info("job %s failed: %s", job_id, exc.describe())
+        else:
+            log.exception("job %s: internal error", job_id)
+        output = error_output(exc)
+        if isinstance(exc, EngineDead):
+            log.error("job %s: the engine is dead; asking RunPod to replace this worker", job_id)
+            output["refresh_worker"] = True
+        return output
+
+    async def close(self) -> None:
+        await self.engine.close()
+
