@@ -142,3 +142,16 @@ def test_pillow_decompression_bomb_guard_gives_image_too_large():
     with pytest.raises(ImageTooLarge) as excinfo:
         decode_image(_png_header_only(20_000, 20_000), field="image", max_pixels=10**12)
     assert "decompression-bomb" in excinfo.value.message and excinfo.value.code == "image_too_large"
+    assert "400000000 pixels" in excinfo.value.message, "the message gives the image's size"
+
+
+@pytest.mark.parametrize("size", [(1, 100000), (100000, 1), (3, 5000), (10, 40)])
+def test_what_the_model_cannot_be_shown_is_invalid_image_with_the_reason(size):
+    with pytest.raises(InvalidImage) as excinfo:
+        decode_image(encode(Image.new("RGB", size, "white"), "PNG"), field="image", max_pixels=10**9)
+    assert f"{size[0]}x{size[1]}" in excinfo.value.message and excinfo.value.field == "image"
+
+
+@pytest.mark.parametrize("size", [(600, 20000), (20, 8000), (8000, 20)])
+def test_long_receipts_and_strips_are_kept(size):
+    assert decode_image(encode(Image.new("RGB", size, "white"), "PNG"), field="image", max_pixels=10**9).size == size

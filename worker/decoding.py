@@ -22,6 +22,8 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-
 _WHITESPACE = re.compile(r"\s+")
 # Documents are printed on white: transparent areas become white, not black.
 BACKGROUND = (255, 255, 255)
+MIN_PAGE_SIDE = 16  # one SAM patch
+MAX_ASPECT_RATIO = 500
 
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF-", 0, "pdf"),
@@ -92,13 +94,28 @@ def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
                     "(MAX_IMAGE_PIXELS)", field=field)
             image.seek(0)
             image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge("exceeds Pillow's decompression-bomb limit", field=field) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"exceeds Pillow's decompression-bomb limit ({exc})", field=field) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"could not be decoded ({kind}: {exc})", field=field) from None
     if image.width < 1 or image.height < 1:
         raise InvalidImage("has no pixels", field=field)
-    return to_rgb(ImageOps.exif_transpose(image))
+    return check_showable(to_rgb(ImageOps.exif_transpose(image)), field=field)
+
+
+def check_showable(image: Image.Image, *, field: str) -> Image.Image:
+    """Refuse only what the model truly cannot be shown. The processor scales the long side to the
+    view (768..1024 px): past 1:500 the short side rounds to nothing and the processor fails, and a
+    side under one 16 px patch holds no readable text. Long receipts (1:30) and strips up to 1:500
+    are processed as they are."""
+    short, long = sorted(image.size)
+    if short < MIN_PAGE_SIDE:
+        raise InvalidImage(f"is {image.width}x{image.height}: a side under {MIN_PAGE_SIDE} px holds nothing the "
+                           "model can read", field=field)
+    if long > MAX_ASPECT_RATIO * short:
+        raise InvalidImage(f"is {image.width}x{image.height}, an aspect ratio beyond 1:{MAX_ASPECT_RATIO} that the "
+                           "model's square views cannot show; cut it into pages", field=field)
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

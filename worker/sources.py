@@ -14,7 +14,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from .decoding import decode_base64, decode_image, sniff_kind
+from .decoding import check_showable, decode_base64, decode_image, sniff_kind
 from .errors import PayloadTooLarge, UnsupportedContent, WorkerError
 from .fetch import fetch_url
 from .page_selection import select_pages
@@ -100,7 +100,8 @@ def _pdf_pages(request: OcrRequest, settings: Settings, budget: _ByteBudget) -> 
         for position, number in enumerate(numbers, 1):
             source = f"{ref.field}#{number}"
             try:
-                image = render_page(document, number, dpi=request.dpi, max_pixels=settings.max_image_pixels)
+                image = check_showable(render_page(document, number, dpi=request.dpi,
+                                                   max_pixels=settings.max_image_pixels), field=source)
             except WorkerError as exc:
                 yield DecodedPage(position, source, None, exc, time.perf_counter() - started)
             else:
