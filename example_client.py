@@ -1,202 +1,234 @@
-"""Every way to call the DeepSeek-OCR-2 worker: the runpod SDK (run_sync, run with status polling,
-streaming) and plain HTTP (/runsync, /run + /status, /stream), for an image and for a PDF.
+"""Call the DeepSeek-OCR-2 worker: ONE job per file, in the calling style you pick, with the full result
+saved as JSON. For folders and large PDFs use the bulk client instead (`ocr-bulk`, worker/bulk.py).
+
+Install: `pip install requests` (the runsync, run and stream styles); add `pip install runpod` for
+`--style sdk` and `pip install openai` for `--style openai`.
 
     export RUNPOD_API_KEY=... RUNPOD_ENDPOINT_ID=...
-    python example_client.py --image page.png --pdf report.pdf
-    python example_client.py --base-url http://localhost:8000 --image page.png   # local --rp_serve_api
+    python example_client.py page.png report.pdf                  # one /run job each, polled on /status
+    python example_client.py --style runsync page.png --out results/
+    python example_client.py --base-url http://127.0.0.1:8000 page.png   # a local server (below)
 
-Honest about the SDK's quirks: a failed `run_sync` returns None and loses the error, so this client
-then asks /status for it; against the local API, `status()`/`stream()` use GET, which the local
-server answers with 405, so the local path polls and streams with POST.
+Styles (one job per file whichever you pick):
+- run (default): POST /run, then poll /status until the job ends (RunPod keeps the result 30 min);
+- runsync: POST /runsync (RunPod answers within about 90 s, else hands back the id: then /status);
+- stream: POST /run, then read /stream page by page (the endpoint needs STREAM_PAGES=true);
+- sdk: the runpod package (`Endpoint.run`, `Job.status`, `Job.output`);
+- openai: the openai package on the OpenAI-compatible route (`<endpoint>/openai/v1`; locally
+  `python -m worker.server`'s `/v1`); tasks `ocr` and `markdown` only.
+
+A failed job's error (it starts with the worker's stable code, e.g. `invalid_pdf: ...`) is read from the
+answer that ended the job, /runsync's or /status's; the job is never run again to learn why. The SDK
+hides it (`Job.output()` is None for a failed job), so this client then reads /status over plain HTTP.
+
+Local servers: `python -m worker --rp_serve_api` (runpod's own local API: /status and /stream are POST
+only, so this client falls back to POST on 405; a /run job runs only when /status or /stream is
+polled; a result can be read once; it cannot serve --style sdk, whose polls are GET) and
+`python -m worker.server` (all styles).
+
+Each result is saved as `<file>.json` (the job's whole output) next to the file, or in --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 
 CLOUD_BASE = "https://api.runpod.ai/v2"
+STYLES = ("run", "runsync", "stream", "sdk", "openai")
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+OPENAI_PROMPTS = {"ocr": "Free OCR.", "markdown": "<|grounding|>Convert the document to markdown."}
 
 
 class JobFailed(RuntimeError):
     """The worker's error string: it starts with a stable code ("invalid_input: field 'mode': ...")."""
 
 
-def encode_file(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode("ascii")
+def job_input(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    data = path.read_bytes()
+    field = "pdf" if data[:1024].find(b"%PDF-") >= 0 else "image"  # the worker sniffs the bytes the same way
+    return {field: base64.b64encode(data).decode("ascii"), **options}
 
 
-def image_job(path: Path, **options: Any) -> dict:
-    return {"image": encode_file(path), **options}
+class Http:
+    """Plain HTTP against RunPod (`/v2/<endpoint>/...`) or a local server (`--base-url`)."""
 
-
-def pdf_job(path: Path, **options: Any) -> dict:
-    return {"pdf": encode_file(path), **options}
-
-
-class HttpClient:
-    """Plain HTTP against RunPod (/v2/<endpoint>/...) or a local `--rp_serve_api` (base URL)."""
-
-    def __init__(self, base_url: str, api_key: str | None, local: bool):
-        self.base = base_url.rstrip("/")
-        self.local = local
+    def __init__(self, base: str, api_key: str | None, poll_s: float, timeout_s: float):
+        self.base = base.rstrip("/")
+        self.poll_s, self.timeout_s = poll_s, timeout_s
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.read_method = "GET"  # RunPod's; runpod's local API answers GET with 405
 
-    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 120) -> dict:
-        response = self.session.request(method, self.base + path, json=body, timeout=timeout)
+    def post(self, path: str, body: dict | None = None) -> dict:
+        response = self.session.post(self.base + path, json=body, timeout=self.timeout_s)
         response.raise_for_status()
         return response.json()
 
-    def _poll_method(self) -> str:
-        # The local API runs a stored job when /status or /stream is POSTed; RunPod uses GET.
-        return "POST" if self.local else "GET"
+    def read(self, path: str) -> dict:
+        """GET /status or /stream, or POST where the server allows only that."""
+        response = self.session.request(self.read_method, self.base + path, timeout=self.timeout_s)
+        if response.status_code == 405 and self.read_method == "GET":
+            self.read_method = "POST"
+            return self.read(path)
+        response.raise_for_status()
+        return response.json()
 
-    def runsync(self, job_input: dict) -> Any:
-        body = self._call("POST", "/runsync", {"input": job_input}, timeout=300)
-        if body.get("status") == "IN_PROGRESS":  # RunPod hands long jobs back after ~90 s
-            body = self.wait(body["id"])
-        return _output_or_raise(body)
-
-    def run(self, job_input: dict) -> str:
-        return self._call("POST", "/run", {"input": job_input})["id"]
-
-    def status(self, job_id: str) -> dict:
-        return self._call(self._poll_method(), f"/status/{job_id}", timeout=600)
-
-    def wait(self, job_id: str, poll_s: float = 2.0, timeout_s: float = 1800) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            body = self.status(job_id)
-            if body.get("status") in TERMINAL:
-                return body
+    def wait(self, answer: dict) -> dict:
+        """Poll /status until the job of `answer` ends; returns the answer that ended it."""
+        deadline = time.monotonic() + self.timeout_s
+        while answer.get("status") not in TERMINAL:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {body.get('status')} after {timeout_s}s")
-            time.sleep(poll_s)
-
-    def stream(self, job_id: str) -> Iterator[dict]:
-        """Page results as the worker yields them (the endpoint needs STREAM_PAGES=true)."""
-        while True:
-            body = self._call(self._poll_method(), f"/stream/{job_id}", timeout=600)
-            if body.get("status") == "FAILED":
-                raise JobFailed(body.get("error", "stream failed"))
-            for item in body.get("stream", []):
-                output = item.get("output", item)
-                if isinstance(output, dict) and "error" in output:
-                    raise JobFailed(output["error"])
-                yield output
-            if body.get("status") in TERMINAL or self.local:  # the local API answers once, at the end
-                return
+                raise TimeoutError(f"job {answer.get('id')} still {answer.get('status')} after {self.timeout_s:.0f} s")
+            time.sleep(self.poll_s)
+            answer = self.read(f"/status/{answer['id']}")
+        return answer
 
 
-def _output_or_raise(body: dict) -> Any:
-    if body.get("status") != "COMPLETED":
-        raise JobFailed(body.get("error") or f"job ended {body.get('status')}")
-    return raise_for_error(body["output"])
-
-
-def raise_for_error(output: Any) -> Any:
-    """A streaming worker's failure is its last item, `{"error": ...}`; RunPod marks such a job
-    FAILED, but runpod's local API reports it COMPLETED with the error inside the output list."""
-    items = output if isinstance(output, list) else [output]
-    for item in items:
+def output_or_raise(answer: dict) -> Any:
+    """The output of a job's final answer, or JobFailed with its error. A streaming worker's failure is
+    its last item, `{"error": ...}`; RunPod marks such a job FAILED, runpod's local API COMPLETED."""
+    if answer.get("status") != "COMPLETED":
+        raise JobFailed(answer.get("error") or f"job {answer.get('id')} ended {answer.get('status')}")
+    output = answer.get("output")
+    for item in output if isinstance(output, list) else [output]:
         if isinstance(item, dict) and "error" in item:
             raise JobFailed(item["error"])
     return output
 
 
-def sdk_examples(job_input: dict, api_key: str | None, endpoint_id: str, base_url: str | None) -> None:
-    """The runpod SDK. Locally it needs runpod.endpoint_url_base and endpoint id '.'."""
+def call_run(http: Http, job: dict) -> Any:
+    return output_or_raise(http.wait(http.post("/run", {"input": job})))
+
+
+def call_runsync(http: Http, job: dict) -> Any:
+    return output_or_raise(http.wait(http.post("/runsync", {"input": job})))
+
+
+def call_stream(http: Http, job: dict) -> list:
+    job_id = http.post("/run", {"input": job})["id"]
+    items: list = []
+    while True:
+        answer = http.read(f"/stream/{job_id}")
+        for chunk in answer.get("stream") or []:
+            item = chunk.get("output", chunk)
+            if isinstance(item, dict) and "error" in item:
+                raise JobFailed(item["error"])
+            items.append(item)
+            if isinstance(item, dict) and item.get("type") == "page":
+                print(f"  page {item.get('page')} streamed", file=sys.stderr)
+        if answer.get("status") == "FAILED":
+            raise JobFailed(answer.get("error") or "stream failed")
+        if answer.get("status") in TERMINAL:
+            return items
+        time.sleep(http.poll_s)
+
+
+def call_sdk(http: Http, job: dict, endpoint_id: str, api_key: str | None, local: bool) -> Any:
     import runpod
 
     runpod.api_key = api_key or "local"
-    if base_url:
-        runpod.endpoint_url_base = base_url.rstrip("/")
-        endpoint_id = "."
-    endpoint = runpod.Endpoint(endpoint_id)
-
-    output = endpoint.run_sync(job_input, timeout=300)  # the SDK wraps it in {"input": ...}
-    if output is None:
-        # run_sync gives None for a failed job; the reason is only in /status.
-        http = HttpClient(base_url or f"{CLOUD_BASE}/{endpoint_id}", api_key, local=bool(base_url))
-        job_id = http.run(job_input)
-        raise JobFailed(http.wait(job_id).get("error", "unknown error"))
-    show("SDK run_sync", raise_for_error(output))
-
-    if not base_url:  # the local API answers the SDK's GET status/stream with 405
-        job = endpoint.run(job_input)
-        while job.status() not in TERMINAL:
-            time.sleep(2)
-        show("SDK run + status", raise_for_error(job.output()))
-        for item in endpoint.run(job_input).stream():
-            show("SDK stream item", item)
+    if local:
+        runpod.endpoint_url_base = http.base
+        endpoint_id = "."  # the SDK builds <endpoint_url_base>/<endpoint_id>/run
+    handle = runpod.Endpoint(endpoint_id).run(job)
+    deadline = time.monotonic() + http.timeout_s
+    while (status := handle.status()) not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {handle.job_id} still {status} after {http.timeout_s:.0f} s")
+        time.sleep(http.poll_s)
+    if status == "COMPLETED":
+        return output_or_raise({"status": status, "output": handle.output()})
+    # The SDK keeps only the status of a failed job; /status holds its error (read, not re-run).
+    raise JobFailed(http.read(f"/status/{handle.job_id}").get("error") or f"job ended {status}")
 
 
-def http_examples(http: HttpClient, job_input: dict, stream: bool) -> None:
-    show("HTTP /runsync", http.runsync(job_input))
-    job_id = http.run(job_input)
-    show("HTTP /run + /status", _output_or_raise(http.wait(job_id)))
-    if stream:
-        for item in http.stream(http.run(job_input)):
-            show(f"HTTP /stream {item.get('type')}", item)
+def call_openai(job: dict, base: str, api_key: str | None, task: str, timeout_s: float) -> dict:
+    import openai
+
+    if task not in OPENAI_PROMPTS:
+        raise SystemExit(f"--style openai reads tasks {sorted(OPENAI_PROMPTS)}; use another style for {task!r}")
+    kind, data = ("pdf", job["pdf"]) if "pdf" in job else ("image", job["image"])
+    url = f"data:application/pdf;base64,{data}" if kind == "pdf" else f"data:image/png;base64,{data}"
+    client = openai.OpenAI(base_url=base, api_key=api_key or "local", timeout=timeout_s, max_retries=0)
+    try:
+        completion = client.chat.completions.create(
+            model="deepseek-ocr", extra_body={"mode": job["mode"]},
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                   {"type": "text", "text": OPENAI_PROMPTS[task]}]}],
+            **({"max_tokens": job["max_tokens"]} if "max_tokens" in job else {}))
+    except openai.APIError as exc:  # the worker's code rides in OpenAI's error object
+        raise JobFailed(f"{exc.code or type(exc).__name__}: {exc.message}") from None
+    return completion.model_dump()
 
 
-def show(label: str, output: Any) -> None:
+def show(path: Path, output: Any) -> None:
     items = output if isinstance(output, list) else [output]
-    for item in items:
-        text = item.get("markdown") if item.get("markdown") is not None else item.get("text", "")
-        where = f"page {item['page']}" if item.get("type") == "page" else f"{item.get('page_count', '?')} page(s)"
-        print(f"[{label}] {where}, finish={item.get('finish_reason')}: {text[:200]!r}")
+    document = next((i for i in reversed(items) if isinstance(i, dict) and i.get("type") == "document"), None)
+    if document is not None:
+        text = document.get("markdown") if document.get("markdown") is not None else document.get("text", "")
+        print(f"{path}: {document.get('page_count')} page(s), finish={document.get('finish_reason')}: {text[:200]!r}")
+    elif isinstance(output, dict) and output.get("choices"):
+        print(f"{path}: {output['choices'][0]['message']['content'][:200]!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", type=Path, help="an image file to OCR")
-    parser.add_argument("--pdf", type=Path, help="a PDF file to OCR")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Install: pip install requests (runpod for --style sdk, openai for "
+                                            "--style openai). Set RUNPOD_API_KEY and RUNPOD_ENDPOINT_ID, or "
+                                            "pass --base-url for a local server.")
+    parser.add_argument("files", nargs="+", type=Path, help="images or PDFs; one job each")
+    parser.add_argument("--style", choices=STYLES, default="run", help="how to call (default %(default)s)")
     parser.add_argument("--mode", default="gundam")
     parser.add_argument("--task", default="markdown")
     parser.add_argument("--max-tokens", type=int)
-    parser.add_argument("--base-url", help="a local `python -m worker --rp_serve_api` (e.g. http://localhost:8000)")
-    parser.add_argument("--stream", action="store_true", help="also read /stream (needs STREAM_PAGES=true)")
-    parser.add_argument("--only", choices=("sdk", "http"), help="run one client kind")
+    parser.add_argument("--base-url", help="a local server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--endpoint-id", default=os.environ.get("RUNPOD_ENDPOINT_ID"),
+                        help="RunPod endpoint id (default: $RUNPOD_ENDPOINT_ID)")
+    parser.add_argument("--out", type=Path, help="folder for the <file>.json results (default: next to each file)")
+    parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for one job")
     args = parser.parse_args(argv)
 
     api_key = os.environ.get("RUNPOD_API_KEY")
-    endpoint_id = os.environ.get("RUNPOD_ENDPOINT_ID", "")
-    if not args.base_url and not (api_key and endpoint_id):
-        parser.error("set RUNPOD_API_KEY and RUNPOD_ENDPOINT_ID, or pass --base-url")
-    if not (args.image or args.pdf):
-        parser.error("give --image and/or --pdf")
-    options = {"mode": args.mode, "task": args.task}
+    if not args.base_url and not (api_key and args.endpoint_id):
+        parser.error("set RUNPOD_API_KEY and RUNPOD_ENDPOINT_ID (or --endpoint-id), or pass --base-url")
+    base = args.base_url or f"{CLOUD_BASE}/{args.endpoint_id}"
+    http = Http(base, api_key, args.poll_interval, args.timeout)
+    options: dict[str, Any] = {"mode": args.mode, "task": args.task}
     if args.max_tokens:
         options["max_tokens"] = args.max_tokens
-    jobs = []
-    if args.image:
-        jobs.append(image_job(args.image, **options))
-    if args.pdf:
-        jobs.append(pdf_job(args.pdf, **options))
 
-    base = args.base_url or f"{CLOUD_BASE}/{endpoint_id}"
-    http = HttpClient(base, api_key, local=bool(args.base_url))
-    try:
-        for job_input in jobs:
-            if args.only in (None, "sdk"):
-                sdk_examples(job_input, api_key, endpoint_id, args.base_url)
-            if args.only in (None, "http"):
-                http_examples(http, job_input, args.stream)
-    except JobFailed as exc:
-        print(f"job failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    failed = 0
+    for path in args.files:
+        job = job_input(path, options)
+        try:
+            if args.style == "sdk":
+                output = call_sdk(http, job, args.endpoint_id or "", api_key, local=bool(args.base_url))
+            elif args.style == "openai":
+                openai_base = f"{base.rstrip('/')}/v1" if args.base_url else f"{base}/openai/v1"
+                output = call_openai(job, openai_base, api_key, args.task, args.timeout)
+            else:
+                output = {"run": call_run, "runsync": call_runsync, "stream": call_stream}[args.style](http, job)
+        except (JobFailed, TimeoutError, requests.RequestException) as exc:
+            print(f"{path}: job failed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        target = (args.out or path.parent) / f"{path.name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(output, ensure_ascii=False, indent=1), encoding="utf-8")
+        show(path, output)
+        print(f"  saved {target}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

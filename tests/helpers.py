@@ -4,6 +4,7 @@ HTTP server, and the worker run as a real process (one job, or runpod's local AP
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import io
 import json
@@ -113,16 +114,26 @@ class LocalApi:
             [sys.executable, "-m", "worker", "--rp_serve_api", "--rp_api_port", str(self.port),
              "--rp_api_host", "127.0.0.1"], cwd=ROOT, env=env_vars, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        # runpod logs every job's output to stdout: a pipe nobody reads fills up and blocks the
+        # server after a few dozen jobs, so a thread keeps reading and holds the tail for errors.
+        self.output: collections.deque[str] = collections.deque(maxlen=200)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"local API exited: {self.proc.stdout.read()}")
+                self._reader.join(timeout=5)
+                raise RuntimeError("local API exited: " + "".join(self.output))
             with contextlib.suppress(requests.ConnectionError):
                 if requests.get(self.url + "/openapi.json", timeout=2).ok:
                     return
             time.sleep(0.3)
         self.stop()
         raise RuntimeError("local API did not come up in 120 s")
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
 
     def post(self, path: str, body: dict | None = None, timeout=300) -> dict:
         response = requests.post(self.url + path, json=body, timeout=timeout)
@@ -138,6 +149,7 @@ class LocalApi:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
         if self.proc.stdout:
             self.proc.stdout.close()
 

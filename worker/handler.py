@@ -3,13 +3,15 @@
 Both handlers are `async`, so runpod runs up to `MAX_CONCURRENCY` jobs concurrently
 (`concurrency_modifier`) on one event loop and their pages meet in the engine's shared queue. A
 sync handler would block that loop and serialise the jobs. RunPod cancels a job's task on cancel
-or time-out; the cancellation reaches the engine, which drops the job's queued pages.
+or time-out; the cancellation reaches the engine, which drops the job's queued pages. Jobs that
+came through RunPod's OpenAI route (`openai_route` in the input) are answered in OpenAI's shapes.
 """
 
 from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
+from .protocols.runpod_openai import handle_openai_job, is_openai_job, stream_openai_job
 from .service import OcrService
 
 
@@ -17,11 +19,17 @@ class Handler:
     def __init__(self, service: OcrService):
         self.service = service
 
-    async def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
-        return await self.service.handle_job(job.get("input"), str(job.get("id", "")))
+    async def __call__(self, job: dict[str, Any]) -> dict[str, Any] | str:
+        job_input, job_id = job.get("input"), str(job.get("id", ""))
+        if is_openai_job(job_input):
+            return await handle_openai_job(self.service, job_input, job_id)
+        return await self.service.handle_job(job_input, job_id)
 
-    async def stream(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        async for item in self.service.stream_outputs(job.get("input"), str(job.get("id", ""))):
+    async def stream(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any] | str]:
+        job_input, job_id = job.get("input"), str(job.get("id", ""))
+        items = (stream_openai_job(self.service, job_input, job_id) if is_openai_job(job_input)
+                 else self.service.stream_outputs(job_input, job_id))
+        async for item in items:
             yield item
 
     def concurrency(self, current: int) -> int:

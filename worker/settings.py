@@ -76,6 +76,10 @@ class Settings:
     retry_ngram_window: int = 50
     log_level: str = "INFO"
     result_file: Path | None = None
+    # The local server (`python -m worker.server`)
+    max_request_bytes: int | None = None  # None: MAX_INPUT_BYTES as base64 plus room for the JSON around it
+    result_ttl_s: float = 1800.0  # RunPod keeps a /run result 30 minutes
+    webui_dir: Path | None = None  # None: webui/dist beside the package
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -125,6 +129,9 @@ class Settings:
             retry_ngram_window=_int(env, "RETRY_NGRAM_WINDOW", d.retry_ngram_window, 1, 100_000),
             log_level=_choice(env, "LOG_LEVEL", ("debug", "info", "warning", "error"), d.log_level.lower()).upper(),
             result_file=Path(env["RESULT_FILE"]) if env.get("RESULT_FILE") else None,
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 0, 0, 2**36) or None,
+            result_ttl_s=_float(env, "RESULT_TTL_S", d.result_ttl_s, 1, 7 * 24 * 3600),
+            webui_dir=Path(env["WEBUI_DIR"]) if env.get("WEBUI_DIR") else None,
         )
         if s.max_image_pixels > s.max_inflight_pixels:
             raise ConfigError(f"MAX_IMAGE_PIXELS ({s.max_image_pixels}) must not exceed MAX_INFLIGHT_PIXELS "
