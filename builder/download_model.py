@@ -1,4 +1,10 @@
-"""Bakes DeepSeek-OCR-2 weights into the image at build time, so cold starts never download.
+"""Bakes DeepSeek-OCR or DeepSeek-OCR-2 weights into the image at build time, so cold starts never
+download.
+
+Models: deepseek-ai/DeepSeek-OCR-2 (the default; vLLM serves it, and transformers loads the same files
+with the worker's config conversion), deepseek-ai/DeepSeek-OCR (v1; vLLM only) and
+deepseek-community/DeepSeek-OCR-2 (transformers' own format). The family comes from `architectures`
+in config.json and is recorded in the manifest.
 
 Downloads MODEL_NAME at MODEL_REVISION (resolved to its commit, which is what gets downloaded and
 recorded) into OUT with only the files the worker loads, or copies them from a local directory
@@ -28,10 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
+DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR-2"
 DEFAULT_REVISION = "main"
 DEFAULT_BASE_PATH = "/models"
-MODEL_DIR_NAME = "deepseek-ocr-2"
+MODEL_DIR_NAME = "model"
+# architectures in config.json -> family. Kept here (not imported from the worker) because the builder
+# runs before the worker's code is in the image; worker/families.py has the same table.
+FAMILIES = {"DeepseekOCR2ForCausalLM": "deepseek-ocr-2", "DeepseekOcr2ForConditionalGeneration": "deepseek-ocr-2",
+            "DeepseekOCRForCausalLM": "deepseek-ocr"}
 MANIFEST = "manifest.json"
 TOKEN_SECRET = Path("/run/secrets/hf_token")
 # What the native transformers classes load; remote code (*.py), .bin weights and docs stay out.
@@ -69,10 +79,11 @@ def bake(model: str, revision: str, out: Path, source_dir: Path | None = None) -
     else:
         revision = download(model, revision, out)
         source = "huggingface"
-    verify(out)
+    family = verify(out)
     manifest = {
         "model": model,
         "revision": revision,
+        "family": family,
         "source": source,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": [describe_file(out, path) for path in sorted(p for p in out.rglob("*") if p.is_file())
@@ -115,9 +126,11 @@ def read_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-def verify(out: Path) -> None:
-    """Config, processor and tokenizer load; weights are complete. Raises BakeError."""
-    if not (out / "config.json").is_file():
+def verify(out: Path) -> str:
+    """Config, tokenizer (and, for transformers' format, processor) load; weights are complete.
+    Returns the family. Raises BakeError."""
+    config_file = out / "config.json"
+    if not config_file.is_file():
         raise BakeError(f"{out} has no config.json")
     weights = sorted(out.glob("*.safetensors"))
     if not weights:
@@ -131,16 +144,32 @@ def verify(out: Path) -> None:
         if missing:
             raise BakeError(f"shards listed in the index are missing: {', '.join(missing)}")
     try:
-        from transformers import AutoConfig, AutoProcessor
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise BakeError(f"{config_file} is not JSON: {exc}") from None
+    architectures = config.get("architectures") or []
+    family = next((FAMILIES[a] for a in architectures if a in FAMILIES), None)
+    if family is None:
+        raise BakeError(f"{out} holds {architectures}, not DeepSeek-OCR or DeepSeek-OCR-2 "
+                        f"(expected one of {', '.join(FAMILIES)})")
+    try:
+        from transformers import AutoTokenizer
 
-        config = AutoConfig.from_pretrained(out, local_files_only=True)
-        processor = AutoProcessor.from_pretrained(out, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+        if "DeepseekOcr2ForConditionalGeneration" in architectures:
+            from transformers import AutoProcessor
+
+            AutoProcessor.from_pretrained(out, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any load failure means a broken bake
         raise BakeError(f"the checkpoint in {out} does not load: {type(exc).__name__}: {exc}") from None
-    if getattr(config, "model_type", None) != "deepseek_ocr2":
-        raise BakeError(f"{out} holds model_type {config.model_type!r}, not deepseek_ocr2")
-    if processor.tokenizer.convert_tokens_to_ids("<image>") != config.image_token_id:
-        raise BakeError("the tokenizer's <image> id does not match the config's image_token_id")
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    if image_id is None or image_id == tokenizer.unk_token_id:
+        raise BakeError("the tokenizer has no <image> token")
+    expected = config.get("image_token_id")
+    if expected is not None and image_id != expected:
+        raise BakeError(f"the tokenizer's <image> id ({image_id}) does not match the config's image_token_id "
+                        f"({expected})")
+    return family
 
 
 def check_safetensors(path: Path) -> None:

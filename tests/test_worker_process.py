@@ -67,3 +67,49 @@ def test_an_invalid_manifest_stops_the_start(tiny_checkpoint, tmp_path):
     (model / "manifest.json").write_text("{not json")
     proc = run_worker_once(model, {"image": _page_b64()})
     assert proc.returncode == 2 and "manifest" in proc.stderr
+
+
+def _post_in_thread(url: str, body: dict):
+    import threading
+
+    import requests
+
+    box = {}
+
+    def post():
+        box["response"] = requests.post(url, json=body, timeout=300).json()
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread, box
+
+
+@pytest.mark.parametrize("grace, expected", [("1", "FAILED"), ("120", "COMPLETED")])
+def test_sigterm_lets_jobs_in_flight_finish_within_the_grace_or_fail_them_clearly(tiny_checkpoint, grace, expected):
+    """RunPod scales a worker down with SIGTERM: the job in flight finishes if it can within
+    SHUTDOWN_GRACE_S, else it ends with worker_shutting_down; it is never silently lost."""
+    import signal
+    import time
+
+    from tests.helpers import LocalApi, make_pdf
+
+    api = LocalApi(tiny_checkpoint, MAX_TOKENS="24", RUNAWAY_RETRY="false", SHUTDOWN_GRACE_S=grace,
+                   MAX_JOB_INFLIGHT_PAGES="2")
+    try:
+        pages = 4 if expected == "COMPLETED" else 40
+        pdf = make_pdf([text_page([f"page {i}"], size=(500, 400)) for i in range(pages)])
+        thread, box = _post_in_thread(api.url + "/runsync", {"input": {"pdf": b64(pdf), "mode": "tiny", "task": "ocr",
+                                                                       "ngram_size": 0}})
+        time.sleep(3)  # the job is running (a 40-page job takes far longer than this)
+        assert thread.is_alive(), "the job ended before the signal; the test proves nothing"
+        api.proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=240)
+        body = box["response"]
+        assert body["status"] == expected, body
+        if expected == "FAILED":
+            assert body["error"].startswith("worker_shutting_down:")
+        else:
+            assert body["output"]["page_count"] == pages
+        api.proc.wait(timeout=60)
+    finally:
+        api.stop()

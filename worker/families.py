@@ -41,25 +41,16 @@ class ModeSpec:
     # v1 adds a newline token per row of each view and a separator; v2 one separator per image.
     row_newlines: bool = False
 
-    def vision_tokens(self, tiles: int) -> int:
-        """Placeholder tokens of a page with `tiles` local tiles (0 when crop is off or skipped)."""
+    def vision_tokens(self, tiles: int, tile_rows: int = 0) -> int:
+        """Placeholder tokens of a page with `tiles` local tiles in `tile_rows` rows (0 when crop is
+        off or the page fits one tile)."""
         view, side = self.view, self.view.view_size // PIXELS_PER_TOKEN_SIDE
-        if not self.row_newlines:
-            per_tile = (view.tile_size // PIXELS_PER_TOKEN_SIDE) ** 2 if view.tile_size else 0
-            return side * side + tiles * per_tile + 1
-        # v1: global rows of (side + 1) tokens, a separator, then the tiles as one grid whose rows
-        # also end in a newline token (vLLM's DeepseekOCR processor arithmetic).
-        tokens = side * (side + 1) + 1
-        if tiles and view.tile_size:
-            tile_side = view.tile_size // PIXELS_PER_TOKEN_SIDE
-            tokens += tiles * tile_side * tile_side + _tile_rows(tiles) * tile_side
-        return tokens
-
-
-def _tile_rows(tiles: int) -> int:
-    """Rows of the tile grid; v1's vision-token count depends on it only through the newline tokens,
-    and the engine reports the real count, so this is only used for documentation arithmetic."""
-    return 1 if tiles <= 1 else max(1, round(tiles ** 0.5))
+        tile_side = (view.tile_size or 0) // PIXELS_PER_TOKEN_SIDE
+        if not self.row_newlines:  # v2: the views' tokens, then one separator
+            return side * side + tiles * tile_side * tile_side + 1
+        # v1 (vLLM's DeepseekOCR processor): the global view's rows each end in a newline token, then a
+        # separator; the tiles form one grid whose rows (tile_side per tile row) also end in one.
+        return side * (side + 1) + 1 + tiles * tile_side * tile_side + tile_rows * tile_side
 
 
 @dataclass(frozen=True)
@@ -104,7 +95,8 @@ FAMILIES: dict[str, Family] = {
         modes={
             "vllm": {
                 "gundam": ModeSpec("gundam", _V1_TILED,
-                                   "1024 global view + 2..6 tiles of 640 when the page exceeds 640 px",
+                                   "1024 global view + 2..6 tiles of 640 when the page exceeds 640 px "
+                                   "(273..933 tokens)",
                                    row_newlines=True),
             },
         },

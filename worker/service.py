@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from typing import Any, AsyncIterator, Mapping
+from contextlib import contextmanager
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 from .engine import choose_engine, load_engine
 from .engine.api import Engine, EngineInfo
@@ -36,7 +38,9 @@ class OcrService:
         self.modes = modes
         self.meta = meta
         self.pipeline = Pipeline(engine, settings, meta)
-        self.shutting_down = False
+        self.shutting_down = False  # SIGTERM seen: jobs in flight get SHUTDOWN_GRACE_S to finish
+        self.stopped = False  # the grace is over: jobs still running end with worker_shutting_down
+        self._running: set[asyncio.Task] = set()
 
     @classmethod
     async def start(cls, settings: Settings) -> "OcrService":
@@ -79,9 +83,37 @@ class OcrService:
         return self.meta.name
 
     def parse(self, job_input: Any) -> OcrRequest:
-        if self.shutting_down:
-            raise WorkerShuttingDown("the worker is shutting down and takes no new jobs; resubmit")
+        if self.stopped:
+            raise _stopped()
         return parse_job_input(job_input, self.settings, self.modes)
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM (RunPod scaling down): runpod stops taking jobs; the ones in flight get
+        SHUTDOWN_GRACE_S to finish, then end with `worker_shutting_down` instead of being lost.
+        Safe to call from a signal handler."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        log.warning("shutting down: %d job(s) in flight get %.0f s to finish", len(self._running),
+                    self.settings.shutdown_grace_s)
+        timer = threading.Timer(self.settings.shutdown_grace_s, self._stop_jobs)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_jobs(self) -> None:
+        self.stopped = True
+        for task in list(self._running):
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
+    @contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Marks the current task as a running job, so the end of the grace can stop it."""
+        task = asyncio.current_task()
+        self._running.add(task)
+        try:
+            yield
+        finally:
+            self._running.discard(task)
 
     async def run_job(self, job_input: Any, job_id: str = "") -> DocumentResult:
         return await self.pipeline.run_document(self.parse(job_input), job_id)
@@ -99,8 +131,13 @@ class OcrService:
     async def handle_job(self, job_input: Any, job_id: str = "") -> dict[str, Any]:
         """A RunPod job's output dict, or the one error shape; never raises."""
         try:
-            output = (await self.run_job(job_input, job_id)).to_output()
-            return await asyncio.to_thread(fit_output, output, job_id=job_id, settings=self.settings)
+            with self._tracked():
+                output = (await self.run_job(job_input, job_id)).to_output()
+                return await asyncio.to_thread(fit_output, output, job_id=job_id, settings=self.settings)
+        except asyncio.CancelledError:
+            if not self.stopped:  # RunPod cancelled the job or it timed out: nobody reads a result
+                raise
+            return self.failure(_stopped(), job_id)
         except Exception as exc:  # the handler must never crash the worker loop
             return self.failure(exc, job_id)
 
@@ -108,10 +145,15 @@ class OcrService:
         """`stream_job` as RunPod stream items; a failure is the last item (RunPod ends a stream at
         the first item with an `error` key, so page problems travel as `failure`/`warnings`)."""
         try:
-            async for item in self.stream_job(job_input, job_id):
-                name = f"page-{item.page}" if isinstance(item, PageResult) else "result"
-                yield await asyncio.to_thread(fit_output, item.to_output(), job_id=job_id,
-                                              settings=self.settings, name=name)
+            with self._tracked():
+                async for item in self.stream_job(job_input, job_id):
+                    name = f"page-{item.page}" if isinstance(item, PageResult) else "result"
+                    yield await asyncio.to_thread(fit_output, item.to_output(), job_id=job_id,
+                                                  settings=self.settings, name=name)
+        except asyncio.CancelledError:
+            if not self.stopped:
+                raise
+            yield self.failure(_stopped(), job_id)
         except Exception as exc:  # yielded, not raised: a raise would lose the error code
             yield self.failure(exc, job_id)
 
@@ -130,4 +172,8 @@ class OcrService:
 
     async def close(self) -> None:
         await self.engine.close()
+
+
+def _stopped() -> WorkerShuttingDown:
+    return WorkerShuttingDown("the worker was stopped (SIGTERM) before the job finished; submit it again")
 
