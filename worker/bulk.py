@@ -72,7 +72,8 @@ MODES = ("tiny", "small", "base", "large", "gundam")
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 # Worker codes another worker may not hit (another GPU, another upload); every other code is about the input.
-TRANSIENT_JOB_CODES = frozenset({"out_of_memory", "upload_failed"})
+# worker_shutting_down: a worker scaled down mid-job; the job itself was fine.
+TRANSIENT_JOB_CODES = frozenset({"out_of_memory", "upload_failed", "worker_shutting_down"})
 LOST_JOB_ERROR = "Job ID not found"  # runpod's local API, for a job already read or never stored
 STATE_DIR = ".ocr-bulk"
 ERROR_CODE = re.compile(r"([a-z][a-z0-9_]*): ")
