@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from tests.engine_helpers import V2_MODES as MODES
+from tests.engine_helpers import generate_all, generate_one
 from tests.helpers import text_page
-from worker.engine import Engine
-from worker.modes import MODES
-from worker.pages import PageInput
-from worker.schema import GuardConfig
+from worker.engine.api import GuardConfig, PageRequest
+from worker.engine.hf import TransformersEngine
 from worker.settings import Settings
+
+
+def load_cuda_engine(path) -> TransformersEngine:
+    config = Settings(model_path=path, device="cuda", engine="transformers").engine_config("deepseek-ocr-2")
+    return TransformersEngine.load(config, tuple(MODES), frozenset(m.view for m in MODES.values()))
 
 pytestmark = pytest.mark.gpu
 
@@ -19,14 +24,14 @@ def test_bf16_on_cuda_batches_and_reports_agreement_with_single(tiny_checkpoint)
     """In bf16 the batch shape changes the kernels, and a random model's logits are near ties, so
     greedy tokens may diverge between batched and single runs: printed, not asserted (in fp32 on
     CPU they are equal, test_engine.py)."""
-    engine = Engine.load(Settings(model_path=tiny_checkpoint, device="cuda"))
+    engine = load_cuda_engine(tiny_checkpoint)
     assert engine.info.dtype == "bfloat16" and engine.info.device.startswith("cuda")
-    pages = [PageInput(image=im, prompt="<image>\nFree OCR.", view=MODES["gundam"].view, max_tokens=8,
-                       guard=GuardConfig(3, 20))
+    pages = [PageRequest(image=im, prompt="<image>\nFree OCR.", view=MODES["gundam"].view, max_tokens=8,
+                         guard=GuardConfig(3, 20))
              for im in (text_page(["gpu"], size=(1240, 1754)), Image.new("RGB", (800, 600), "black"))]
-    batched = engine.generate(pages)
-    assert [b.vision_tokens for b in batched] == [1121, MODES["gundam"].view.vision_tokens(batched[1].tiles)]
-    single = [engine.generate([p])[0] for p in pages]
+    batched = generate_all(engine, pages)
+    assert [b.vision_tokens for b in batched] == [1121, MODES["gundam"].vision_tokens(batched[1].tiles)]
+    single = [generate_one(engine, p) for p in pages]
     same = [b.token_ids == s.token_ids for b, s in zip(batched, single)]
     print(f"bf16 batched == single per page: {same}")
     assert all(b.completion_tokens > 0 for b in batched)
@@ -55,10 +60,10 @@ def test_full_size_random_weights_fit_and_report_memory(tmp_path):
     del model
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    engine = Engine.load(Settings(model_path=tmp_path / "full", device="cuda"))
-    page = PageInput(image=text_page(["full size"], size=(1240, 1754)), prompt="<image>\nFree OCR.",
-                     view=MODES["gundam"].view, max_tokens=16, guard=GuardConfig(0, 1))
-    result = engine.generate([page] * 8)[0]
+    engine = load_cuda_engine(tmp_path / "full")
+    page = PageRequest(image=text_page(["full size"], size=(1240, 1754)), prompt="<image>\nFree OCR.",
+                       view=MODES["gundam"].view, max_tokens=16, guard=GuardConfig(0, 1))
+    result = generate_all(engine, [page] * 8)[0]
     peak = torch.cuda.max_memory_allocated() / 2**30
     print(f"full-size random DeepSeek-OCR-2, 8 gundam pages x 16 tokens: peak {peak:.1f} GiB, "
           f"generate {result.generate_s:.2f}s")
