@@ -47,3 +47,22 @@ def make_service(engine: Engine, checkpoint, **env: str):
     settings = Settings.from_env({"MODEL_PATH": str(checkpoint), "ENGINE": "transformers", **env})
     meta = ModelMeta(name="tiny", revision="test", family=V2, engine="transformers", device="cpu", dtype="float32")
     return OcrService(settings, engine, FAMILIES[V2], V2_MODES, meta)
+
+
+def fail_on_red_pages(engine, monkeypatch) -> list[int]:
+    """Makes transformers' `generate` on the engine's model (the backend library call, not the
+    project's code) raise a CUDA device-side assert whenever its batch holds an all-red page, as a
+    page the model cannot handle would. Returns the batch sizes `generate` was called with."""
+    real_generate = engine.model.generate
+    calls: list[int] = []
+
+    def generate(*args, **kwargs):
+        pixels = kwargs["pixel_values"]
+        red = (pixels[:, 0].mean(dim=(1, 2)) > 0.99) & (pixels[:, 1].mean(dim=(1, 2)) < -0.99)
+        calls.append(pixels.shape[0])
+        if bool(red.any()):
+            raise RuntimeError("CUDA error: device-side assert triggered (injected)")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", generate)
+    return calls

@@ -102,56 +102,76 @@ def run_worker_once(model_path: Path, job_input: dict, cwd: Path | None = None, 
     return subprocess.run(args, cwd=cwd or ROOT, env=env_vars, capture_output=True, text=True, timeout=timeout)
 
 
-class LocalApi:
-    """`python -m worker --rp_serve_api` on a free port: runpod's real local API over HTTP."""
+class WorkerProcess:
+    """A worker entry point as a real process on a free loopback port, up once `ready_path` answers.
+    Its output is read by a thread (runpod logs every job's output: an unread pipe fills up and blocks
+    the server after a few dozen jobs), and the tail is kept for error messages."""
 
-    def __init__(self, model_path: Path, **env: str):
+    def __init__(self, args: list[str], ready_path: str, model_path: Path, start_timeout: float = 180, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env_vars = worker_env(model_path, **env)
         env_vars["PYTHONPATH"] = str(ROOT)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--rp_serve_api", "--rp_api_port", str(self.port),
-             "--rp_api_host", "127.0.0.1"], cwd=ROOT, env=env_vars, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        # runpod logs every job's output to stdout: a pipe nobody reads fills up and blocks the
-        # server after a few dozen jobs, so a thread keeps reading and holds the tail for errors.
-        self.output: collections.deque[str] = collections.deque(maxlen=200)
+        self.proc = subprocess.Popen([sys.executable, "-m", *[a.format(port=self.port) for a in args]], cwd=ROOT,
+                                     env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
-        deadline = time.time() + 120
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 self._reader.join(timeout=5)
-                raise RuntimeError("local API exited: " + "".join(self.output))
+                raise RuntimeError(f"{args[0]} exited: {self.output()}")
             with contextlib.suppress(requests.ConnectionError):
-                if requests.get(self.url + "/openapi.json", timeout=2).ok:
+                if requests.get(self.url + ready_path, timeout=2).ok:
                     return
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError("local API did not come up in 120 s")
+        raise RuntimeError(f"{args[0]} did not come up in {start_timeout:.0f} s: {self.output()}")
 
     def _drain(self) -> None:
         for line in self.proc.stdout:
-            self.output.append(line)
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
 
     def post(self, path: str, body: dict | None = None, timeout=300) -> dict:
         response = requests.post(self.url + path, json=body, timeout=timeout)
         response.raise_for_status()
         return response.json()
 
+    def runsync(self, job_input: dict) -> dict:
+        return self.post("/runsync", {"input": job_input})
+
     def stop(self) -> None:
         # uvicorn can take seconds to exit on SIGTERM: terminate, wait a little, then kill.
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+class LocalApi(WorkerProcess):
+    """`python -m worker --rp_serve_api`: runpod's real local API over HTTP."""
+
+    def __init__(self, model_path: Path, **env: str):
+        super().__init__(["worker", "--rp_serve_api", "--rp_api_port", "{port}", "--rp_api_host", "127.0.0.1"],
+                         "/openapi.json", model_path, **env)
+
+
+class WorkerServer(WorkerProcess):
+    """`python -m worker.server`: the local server (original REST, OpenAI and RunPod-style routes)."""
+
+    def __init__(self, model_path: Path, **env: str):
+        super().__init__(["worker.server", "--host", "127.0.0.1", "--port", "{port}"], "/healthz", model_path, **env)
 
 
 class FileServer:

@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image, ImageDraw, ImageFont
 
-from tests.engine_helpers import handle, make_service
+from tests.engine_helpers import fail_on_red_pages, handle, make_service
 from tests.helpers import LocalApi, b64, encode, make_pdf
 from worker.handler import Handler
 
@@ -52,16 +52,7 @@ def test_concurrent_jobs_share_batches_and_keep_their_own_text(service):
 
 def test_a_bad_page_in_a_shared_batch_fails_only_its_own_job(service, tiny_engine, monkeypatch):
     """The model fails (injected into transformers' generate) whenever a red page is in the batch."""
-    real_generate = tiny_engine.model.generate
-
-    def generate(*args, **kwargs):
-        pixels = kwargs["pixel_values"]
-        red = (pixels[:, 0].mean(dim=(1, 2)) > 0.99) & (pixels[:, 1].mean(dim=(1, 2)) < -0.99)
-        if bool(red.any()):
-            raise RuntimeError("CUDA error: device-side assert triggered (injected)")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_engine.model, "generate", generate)
+    fail_on_red_pages(tiny_engine, monkeypatch)
     colours = ["white", "red", "black"]
     inputs = [{**JOB, "image": b64(encode(Image.new("RGB", (400, 400), c)))} for c in colours]
 

@@ -10,7 +10,7 @@ import requests
 from PIL import Image
 
 from tests.helpers import FileServer, b64, encode, encrypt_pdf, make_pdf, send_bytes, text_page, zero_page_pdf
-from tests.engine_helpers import handle, make_service
+from tests.engine_helpers import fail_on_red_pages, handle, make_service
 
 def make_handler(engine, checkpoint, **env):
     return make_service(engine, checkpoint, **{"MAX_TOKENS": "3", "RUNAWAY_RETRY": "false", **env})
@@ -174,16 +174,7 @@ def test_a_page_the_model_fails_on_is_flagged_and_its_document_kept(tiny_engine,
     into transformers' generate for batches holding an all-red page."""
 
     tolerant = make_handler(tiny_engine, tiny_checkpoint, MAX_FAILED_PAGE_RATIO="0.5")
-    real_generate = tiny_engine.model.generate
-
-    def generate(*args, **kwargs):
-        pixels = kwargs["pixel_values"]
-        red = (pixels[:, 0].mean(dim=(1, 2)) > 0.99) & (pixels[:, 1].mean(dim=(1, 2)) < -0.99)
-        if bool(red.any()):
-            raise RuntimeError("CUDA error: device-side assert triggered (injected)")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_engine.model, "generate", generate)
+    fail_on_red_pages(tiny_engine, monkeypatch)
     pages = [Image.new("RGB", (400, 400), c) for c in ("white", "red", "black")]
     out = run(tolerant, images=[b64(encode(p, "PNG")) for p in pages], mode="tiny", task="ocr")
     assert "error" not in out, out

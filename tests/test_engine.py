@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.engine_helpers import A4, V2_MODES, generate_all, generate_one, page
+from tests.engine_helpers import A4, V2_MODES, fail_on_red_pages, generate_all, generate_one, page
 from tests.helpers import text_page
 from worker.engine.api import Engine
 from worker.errors import ConfigError, ModelError, ModeUnavailable, OutOfMemory
@@ -171,18 +171,7 @@ def test_out_of_memory_batch_is_split_in_halves(tiny_engine, monkeypatch):
 def test_a_failing_page_in_a_shared_batch_fails_alone(tiny_engine, monkeypatch):
     """A model failure (a device-side assert, say) on one job's page must not fail the other jobs'
     pages it was batched with. Injected into transformers' generate for batches holding a red page."""
-    real_generate = tiny_engine.model.generate
-    calls = []
-
-    def generate(*args, **kwargs):
-        pixels = kwargs["pixel_values"]
-        red = (pixels[:, 0].mean(dim=(1, 2)) > 0.99) & (pixels[:, 1].mean(dim=(1, 2)) < -0.99)
-        calls.append(pixels.shape[0])
-        if bool(red.any()):
-            raise RuntimeError("CUDA error: device-side assert triggered (injected)")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(tiny_engine.model, "generate", generate)
+    calls = fail_on_red_pages(tiny_engine, monkeypatch)
     pages = [page(Image.new("RGB", (400, 400), c), "tiny", 3, job_id=f"job-{c}") for c in ("white", "red", "black")]
     white, red, black = generate_all(tiny_engine, pages)
     assert isinstance(red, ModelError) and red.code == "model_error"

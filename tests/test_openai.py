@@ -5,21 +5,13 @@ local API. A random model's greedy text is a fingerprint of its input, so a chat
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import openai
 import pytest
 import requests
 
-from tests.helpers import ROOT, FileServer, LocalApi, b64, encode, free_port, send_bytes, text_page, worker_env
+from tests.helpers import FileServer, LocalApi, WorkerServer, b64, encode, send_bytes, text_page
 from worker.errors import InvalidImage, InvalidInput, UrlNotAllowed
 from worker.grounding import PAGE_SEPARATOR
 from worker.protocols.openai_chat import models_list, openai_error, parse_chat_request, sse
@@ -135,50 +127,6 @@ def test_sse_framing_and_models_list():
 
 
 # --- the local server, with the openai package ------------------------------------------------------
-
-class WorkerServer:
-    """`python -m worker.server` on a free loopback port, as a real process."""
-
-    def __init__(self, model_path: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env_vars = worker_env(model_path, **env)
-        env_vars["PYTHONPATH"] = str(ROOT)
-        # A file, not a pipe: a pipe nobody reads would block the server once it filled.
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.server", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env_vars, stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()}")
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(self.url + "/healthz", timeout=2).ok:
-                    return
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server did not come up in 180 s: {self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def runsync(self, job_input: dict) -> dict:
-        response = requests.post(self.url + "/runsync", json={"input": job_input}, timeout=300)
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.log.close()
-
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.helpers import b64, encode, make_pdf, text_page
-from tests.test_openai import WorkerServer
+from tests.helpers import WorkerServer
 from worker.errors import ConfigError, InvalidInput
 from worker.grounding import PAGE_SEPARATOR
 from worker.server import ServerConfig, original_job_input, read_run_body

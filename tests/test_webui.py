@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.test_openai import WorkerServer
+from tests.helpers import WorkerServer
 
 pytestmark = pytest.mark.browser
 
