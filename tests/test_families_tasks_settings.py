@@ -113,7 +113,7 @@ def test_settings_defaults_and_parsing():
     ({"DEVICE": "tpu"}, "DEVICE"),
     ({"ENGINE": "onnx"}, "ENGINE"),
     ({"MAX_CONCURRENCY": "0"}, "MAX_CONCURRENCY"),
-    ({"VLLM_GPU_MEMORY_UTILIZATION": "1.5"}, "VLLM_GPU_MEMORY_UTILIZATION"),
+    ({"GPU_MEMORY_UTILIZATION": "1.5"}, "GPU_MEMORY_UTILIZATION"),
     ({"MAX_MODEL_LEN": "100"}, "MAX_MODEL_LEN"),
     ({"PDF_DPI": "400"}, "PDF_DPI"),
     ({"NGRAM_SIZE": "40", "NGRAM_WINDOW": "30"}, "NGRAM_WINDOW"),

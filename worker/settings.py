@@ -33,7 +33,7 @@ DEFAULT_MAX_CONCURRENCY = 16
 
 @dataclass(frozen=True)
 class Settings:
-    model_path: Path = Path("/models/deepseek-ocr-2")
+    model_path: Path = Path("/models/model")  # where the image bakes the weights
     model_name: str | None = None  # None: the family's hub id (the baked manifest wins over both)
     model_revision: str = "unknown"
     engine: str = "auto"
@@ -46,11 +46,11 @@ class Settings:
     batch_size: int = 8
     batch_wait_ms: int = 10
     preprocess_workers: int = 0
-    vllm_gpu_memory_utilization: float = 0.9
-    vllm_max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 64
     max_model_len: int = MODEL_CONTEXT_TOKENS
     enforce_eager: bool = False
-    vllm_cpu_kv_cache_gib: int = 4
+    cpu_kv_cache_gib: int = 4
     max_inflight_pixels: int = 400_000_000
     max_job_pixels: int = 2_000_000_000
     shutdown_grace_s: float = 60.0
@@ -98,12 +98,12 @@ class Settings:
             batch_size=_int(env, "BATCH_SIZE", d.batch_size, 1, 256),
             batch_wait_ms=_int(env, "BATCH_WAIT_MS", d.batch_wait_ms, 0, 10_000),
             preprocess_workers=_int(env, "PREPROCESS_WORKERS", d.preprocess_workers, 0, 256),
-            vllm_gpu_memory_utilization=_float(env, "VLLM_GPU_MEMORY_UTILIZATION", d.vllm_gpu_memory_utilization,
+            gpu_memory_utilization=_float(env, "GPU_MEMORY_UTILIZATION", d.gpu_memory_utilization,
                                                0.05, 0.99),
-            vllm_max_num_seqs=_int(env, "VLLM_MAX_NUM_SEQS", d.vllm_max_num_seqs, 1, 4096),
+            max_num_seqs=_int(env, "MAX_NUM_SEQS", d.max_num_seqs, 1, 4096),
             max_model_len=_int(env, "MAX_MODEL_LEN", d.max_model_len, 512, MODEL_CONTEXT_TOKENS),
             enforce_eager=_get(env, "ENFORCE_EAGER", _bool, d.enforce_eager),
-            vllm_cpu_kv_cache_gib=_int(env, "VLLM_CPU_KV_CACHE_GIB", d.vllm_cpu_kv_cache_gib, 1, 1024),
+            cpu_kv_cache_gib=_int(env, "CPU_KV_CACHE_GIB", d.cpu_kv_cache_gib, 1, 1024),
             max_inflight_pixels=_int(env, "MAX_INFLIGHT_PIXELS", d.max_inflight_pixels, 10_000, 2**40),
             max_job_pixels=_int(env, "MAX_JOB_PIXELS", d.max_job_pixels, 10_000, 2**42),
             shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_S", d.shutdown_grace_s, 0, 3600),
@@ -149,9 +149,9 @@ class Settings:
         return EngineConfig(
             model_path=self.model_path, family=family, device=self.device,  # type: ignore[arg-type]
             context_tokens=MODEL_CONTEXT_TOKENS, batch_size=self.batch_size, batch_wait_ms=self.batch_wait_ms,
-            preprocess_workers=self.preprocess_workers, gpu_memory_utilization=self.vllm_gpu_memory_utilization,
-            max_num_seqs=self.vllm_max_num_seqs, max_model_len=self.max_model_len,
-            enforce_eager=self.enforce_eager, cpu_kv_cache_gib=self.vllm_cpu_kv_cache_gib)
+            preprocess_workers=self.preprocess_workers, gpu_memory_utilization=self.gpu_memory_utilization,
+            max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len,
+            enforce_eager=self.enforce_eager, cpu_kv_cache_gib=self.cpu_kv_cache_gib)
 
 
 def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
