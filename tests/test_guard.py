@@ -56,7 +56,8 @@ def test_prompt_tokens_are_not_part_of_the_window():
 def _generate(engine, guard: GuardConfig, max_tokens=48):
     from dataclasses import replace
 
-    return generate_one(engine, replace(page(Image.new("RGB", (300, 300), "white"), "tiny", max_tokens),
+    # A black page: the tiny random model loops on it (3 3 3 ...) when nothing stops it.
+    return generate_one(engine, replace(page(Image.new("RGB", (300, 300), "black"), "tiny", max_tokens),
                                         guard=guard))
 
 

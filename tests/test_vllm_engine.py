@@ -8,6 +8,8 @@ shared by the module, pages are few and small (640 px: no tiles on v2) and outpu
   same greedy tokens, top-5 log-probabilities within 1e-4, for two pages whose tokens differ.
 - Concurrent pages each get their own page's output, equal to the page run alone, and report the
   batch they shared; the repetition guard runs per request.
+- Start-up refuses a view vLLM's processor does not produce, DEVICE=cuda on the CPU build and a context
+  beyond the model's, each with a ConfigError naming it; a cancelled page is aborted inside vLLM.
 - v1: a page with and without tiles in every mode the engine offers, with the vision-token count the
   result claims; a mode it does not offer is refused; warm-up; a dead engine core is `EngineDead`.
 """
@@ -26,7 +28,7 @@ from PIL import Image, ImageDraw
 pytest.importorskip("vllm")
 
 from worker.engine.api import EngineConfig, GuardConfig, PageRequest  # noqa: E402
-from worker.errors import EngineDead, ModeUnavailable  # noqa: E402
+from worker.errors import ConfigError, EngineDead, ModeUnavailable  # noqa: E402
 from worker.families import FAMILIES, V1, V2, detect_family  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -185,6 +187,26 @@ def test_v2_cancelled_page_is_aborted_in_vllm(v2_engine):
         time.sleep(0.1)
     assert engine.llm.get_num_unfinished_requests() == 0
     assert engine.stats().running == 0
+
+
+def test_load_refuses_settings_vllm_cannot_serve(v2_engine):
+    """Each refused before any page: a view vLLM's processor does not produce, a CUDA device with the CPU
+    build, a context longer than the model's."""
+    from worker.engine.vllm_engine import VllmEngine
+
+    _, path = v2_engine
+    modes = FAMILIES[V2].mode_table("vllm")
+    views = frozenset(spec.view for spec in modes.values())
+    base = EngineConfig(model_path=path, family=V2, enforce_eager=True, cpu_kv_cache_gib=1)
+    tiny = FAMILIES[V2].mode_table("transformers")["tiny"].view
+    with pytest.raises(ConfigError, match="serves only view 1024"):
+        VllmEngine.load(base, ("tiny",), frozenset({tiny}))
+    with pytest.raises(ConfigError, match="DEVICE=cuda"):
+        VllmEngine.load(EngineConfig(model_path=path, family=V2, device="cuda"), tuple(modes), views)
+    # vLLM's own reason follows the settings: the derived context is 8192.
+    with pytest.raises(ConfigError, match=r"(?s)MAX_MODEL_LEN=100000.*max_model_len"):
+        VllmEngine.load(EngineConfig(model_path=path, family=V2, enforce_eager=True, cpu_kv_cache_gib=1,
+                                     max_model_len=100000), tuple(modes), views)
 
 
 @pytest.fixture(scope="module")

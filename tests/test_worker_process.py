@@ -113,3 +113,25 @@ def test_sigterm_lets_jobs_in_flight_finish_within_the_grace_or_fail_them_clearl
         api.proc.wait(timeout=60)
     finally:
         api.stop()
+
+
+def test_the_quick_start_main_job_says_what_ran_and_adds_no_warning_of_its_own(tmp_path):
+    """`./scripts/run-local.sh` without MODEL_PATH: the result names the tiny random checkpoint, the page
+    ends on its own (no max_tokens cap from the script, so no runaway warning or retry), and the result
+    is printed once as JSON and written to RESULT_FILE."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "MAX_TOKENS") and not k.startswith("RUNPOD_")}
+    env["RESULT_FILE"] = str(tmp_path / "result.json")
+    proc = subprocess.run([str(ROOT / "scripts" / "run-local.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert "tiny-random" in result["model"]["name"] and "noise" in result["model"]["name"]
+    assert "TINY RANDOM" in proc.stderr
+    page = result["pages"][0]
+    assert page["finish_reason"] == "stop" and page["retried"] is False
+    assert "runaway_generation" not in {w["code"] for w in page["warnings"]}
+    assert json.loads(proc.stdout[proc.stdout.index("\n{\n") + 1:]) == result
+    assert proc.stdout.count('"type": "document"') == 1, "the result is printed once"
