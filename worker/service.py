@@ -57,8 +57,9 @@ class OcrService:
             raise ConfigError(f"DEFAULT_MODE={settings.default_mode} is not served by {family.name} on {name}; "
                               f"it offers {', '.join(modes)}")
         started = time.perf_counter()
-        engine = await asyncio.to_thread(load_engine, settings.engine_config(family.name), name,
-                                         {m: spec.view for m, spec in modes.items()})
+        # In the calling thread, not a worker thread: vLLM forks its engine core on the CPU, and a fork
+        # from a side thread of a multi-threaded process can inherit held locks. Nothing else runs yet.
+        engine = load_engine(settings.engine_config(family.name), name, {m: spec.view for m, spec in modes.items()})
         loaded = time.perf_counter()
         if settings.warmup:
             try:
