@@ -162,9 +162,9 @@ class WorkerProcess:
 class LocalApi(WorkerProcess):
     """`python -m worker --rp_serve_api`: runpod's real local API over HTTP."""
 
-    def __init__(self, model_path: Path, **env: str):
+    def __init__(self, model_path: Path, start_timeout: float = 180, **env: str):
         super().__init__(["worker", "--rp_serve_api", "--rp_api_port", "{port}", "--rp_api_host", "127.0.0.1"],
-                         "/openapi.json", model_path, **env)
+                         "/openapi.json", model_path, start_timeout=start_timeout, **env)
 
 
 class WorkerServer(WorkerProcess):

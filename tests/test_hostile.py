@@ -161,3 +161,17 @@ def make_fresh_service(checkpoint):
     from worker.settings import Settings
 
     return asyncio.run(OcrService.start(Settings(model_path=checkpoint, engine="transformers", max_tokens=4)))
+
+
+def test_an_unexpected_engine_failure_is_an_internal_error_and_the_next_job_runs(service, tiny_engine, monkeypatch):
+    """A bug-shaped failure inside transformers' generate (a KeyError the engine does not expect) fails
+    that job with internal_error and a message without the traceback; the batcher keeps running."""
+    def buggy(*args, **kwargs):
+        raise KeyError("secret internal detail")
+
+    image = png(Image.new("RGB", (300, 300), "white"))
+    monkeypatch.setattr(tiny_engine.model, "generate", buggy)
+    out = handle(service, {**JOB, "image": image})
+    assert out["error_detail"]["code"] == "internal_error" and "secret" not in out["error"]
+    monkeypatch.undo()
+    assert "error" not in handle(service, {**JOB, "image": image})

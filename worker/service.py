@@ -57,9 +57,11 @@ class OcrService:
             raise ConfigError(f"DEFAULT_MODE={settings.default_mode} is not served by {family.name} on {name}; "
                               f"it offers {', '.join(modes)}")
         started = time.perf_counter()
-        # In the calling thread, not a worker thread: vLLM forks its engine core on the CPU, and a fork
-        # from a side thread of a multi-threaded process can inherit held locks. Nothing else runs yet.
-        engine = load_engine(settings.engine_config(family.name), name, {m: spec.view for m, spec in modes.items()})
+        # On a worker thread, where no event loop runs: vLLM's AsyncLLM would bind its output handler to
+        # a loop running in the constructing thread, and this one (asyncio.run at start-up, or the web
+        # server's) is not the loop its requests will use.
+        engine = await asyncio.to_thread(load_engine, settings.engine_config(family.name), name,
+                                         {m: spec.view for m, spec in modes.items()})
         loaded = time.perf_counter()
         if settings.warmup:
             try:

@@ -272,6 +272,9 @@ class TransformersEngine:
             started = time.perf_counter()
             try:
                 outcomes = await loop.run_in_executor(self._model_thread, self._run_batch, batch, started)
+            except Exception as exc:  # noqa: BLE001 - an unexpected failure fails this batch, never the batcher
+                log.exception("a batch of %d pages failed unexpectedly", len(batch))
+                outcomes = [_BatchOutcome(error=exc) for _ in batch]
             finally:
                 self._running = []
             for item, outcome in zip(batch, outcomes):

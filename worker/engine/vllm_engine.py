@@ -110,6 +110,11 @@ class VllmEngine:
         Raises ConfigError naming the setting or the path when it cannot start."""
         # vLLM reads its environment once, at import: the CPU KV cache size must be set before.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kv_cache_gib)
+        # The engine core is a child process. Spawned, not forked: the worker loads the engine from a
+        # thread (AsyncLLM binds its output handler to an event loop running in the constructing
+        # thread, so it must be built where none runs), and a fork from a multi-threaded process can
+        # inherit held locks. vLLM already spawns on CUDA; this makes the CPU (tests) the same.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
         from vllm.platforms import current_platform
