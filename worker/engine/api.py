@@ -16,6 +16,16 @@ from typing import Literal, Protocol, runtime_checkable
 from PIL import Image
 
 ENGINE_NAMES = ("auto", "transformers", "vllm")
+# Table cells legitimately repeat; the official pipelines exempt these from the n-gram rule.
+GUARD_EXEMPT_TOKENS = ("<td>", "</td>")
+WARMUP_PROMPT = "<image>\nFree OCR."
+
+
+def guard_exempt_ids(tokenizer) -> list[int]:
+    """The ids of GUARD_EXEMPT_TOKENS that the tokenizer really has (not its unknown token)."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    ids = (tokenizer.convert_tokens_to_ids(token) for token in GUARD_EXEMPT_TOKENS)
+    return [i for i in ids if i is not None and i != unknown]
 
 
 @dataclass(frozen=True)

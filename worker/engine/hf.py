@@ -30,14 +30,12 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
 
 from ..errors import ConfigError, EngineDead, ModeUnavailable, ModelError, OutOfMemory
-from .api import EngineConfig, EngineInfo, EngineStats, Generation, GuardConfig, PageRequest, ViewConfig
+from .api import (WARMUP_PROMPT, EngineConfig, EngineInfo, EngineStats, Generation, GuardConfig, PageRequest,
+                  ViewConfig, guard_exempt_ids)
 from .loop import LoopThread
 
 log = logging.getLogger(__name__)
 
-# Table cells legitimately repeat; the official pipelines exempt these from the n-gram rule.
-GUARD_EXEMPT_TOKENS = ("<td>", "</td>")
-WARMUP_PROMPT = "<image>\nFree OCR."
 WARMUP_VIEW = ViewConfig(view_size=1024, tile_size=None, crop=False, min_tiles=0, max_tiles=0)
 
 
@@ -136,8 +134,7 @@ class TransformersEngine:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.image_token_id = model.config.image_token_id
-        self.exempt_ids = [i for i in (tokenizer.convert_tokens_to_ids(t) for t in GUARD_EXEMPT_TOKENS)
-                           if i is not None and i != tokenizer.unk_token_id]
+        self.exempt_ids = guard_exempt_ids(tokenizer)
         context = min(getattr(model.config.text_config, "max_position_embeddings", config.context_tokens),
                       config.context_tokens)
         self.info = EngineInfo(engine="transformers", family=config.family, device=str(device),

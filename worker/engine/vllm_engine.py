@@ -32,15 +32,13 @@ from PIL import Image
 
 from ..errors import ConfigError, EngineDead, ModelError, ModeUnavailable
 from ..families import V1
-from .api import EngineConfig, EngineInfo, EngineStats, Generation, GuardConfig, PageRequest, ViewConfig
+from .api import (WARMUP_PROMPT, EngineConfig, EngineInfo, EngineStats, Generation, GuardConfig, PageRequest,
+                  ViewConfig, guard_exempt_ids)
 from .loop import LoopThread
 
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
-# Table cells legitimately repeat; the official pipelines exempt these from the n-gram rule.
-GUARD_EXEMPT_TOKENS = ("<td>", "</td>")
-WARMUP_PROMPT = "<image>\nFree OCR."
 PIXELS_PER_TOKEN_SIDE = 64  # SAM patch 16, then a 4x downsample
 
 
@@ -99,9 +97,7 @@ class VllmEngine:
         self._tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        unknown = getattr(tokenizer, "unk_token_id", None)
-        self.exempt_ids = [i for i in (tokenizer.convert_tokens_to_ids(t) for t in GUARD_EXEMPT_TOKENS)
-                           if i is not None and i != unknown]
+        self.exempt_ids = guard_exempt_ids(tokenizer)
         self._in_flight: OrderedDict[str, _InFlight] = OrderedDict()  # arrival order = vLLM's FCFS order
 
     @classmethod
