@@ -11,11 +11,14 @@ import openai
 import pytest
 import requests
 
+from make_tiny_checkpoint import MANIFEST
 from tests.helpers import FileServer, LocalApi, WorkerServer, b64, encode, send_bytes, text_page
 from worker.errors import InvalidImage, InvalidInput, UrlNotAllowed
 from worker.grounding import PAGE_SEPARATOR
 from worker.protocols.openai_chat import models_list, openai_error, parse_chat_request, sse
 from worker.protocols.runpod_openai import is_openai_job
+
+TINY_MODEL_NAME = MANIFEST["model"]
 
 MARKDOWN_PROMPT = "<|grounding|>Convert the document to markdown."
 process = pytest.mark.process
@@ -234,7 +237,7 @@ def test_a_page_failing_mid_stream_ends_the_stream_with_an_error_event(client, p
 @process
 def test_models_and_health_answer_like_the_seed_server(server, client):
     models = client.models.list()
-    assert [m.id for m in models.data] == ["deepseek-ai/DeepSeek-OCR-2"]  # the family's hub id, unbaked
+    assert [m.id for m in models.data] == [TINY_MODEL_NAME]  # the checkpoint's manifest names the model
     assert requests.get(server.url + "/health", timeout=10).json() == {"status": "ok"}
     root = requests.get(server.url + "/", timeout=10, allow_redirects=False)  # no built UI: the API docs
     assert root.status_code == 307 and root.headers["location"] == "/docs"
@@ -270,7 +273,7 @@ def test_openai_route_lists_the_model(local_api):
     body = local_api.post("/runsync", {"input": {"openai_route": "/v1/models"}})
     assert body["status"] == "COMPLETED", body
     listing = body["output"][0] if isinstance(body["output"], list) else body["output"]
-    assert listing["object"] == "list" and listing["data"][0]["id"] == "deepseek-ai/DeepSeek-OCR-2"
+    assert listing["object"] == "list" and listing["data"][0]["id"] == TINY_MODEL_NAME
 
 
 @process
